@@ -1,0 +1,17 @@
+"""The one exception type for mistakes a user can fix.
+
+The launcher prints its message as a single line and exits non-zero, without a traceback.
+Every message names the problem and, where it can, the fix.
+"""
+
+import difflib
+
+
+class UserError(Exception):
+  """A mistake in the config, the command line or the inputs: named, with the fix."""
+
+
+def did_you_mean(name, candidates):
+  """' (did you mean 'x'?)' when a candidate is close to `name`, else ''."""
+  close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+  return f" (did you mean '{close[0]}'?)" if close else ""

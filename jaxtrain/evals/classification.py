@@ -1,0 +1,34 @@
+"""Accuracy and loss of the model's logits over a whole split, every example exactly once."""
+
+import jax
+import jax.numpy as jnp
+
+from jaxtrain import data
+from jaxtrain import step as step_lib
+from jaxtrain.evals import EVALUATORS
+
+
+@EVALUATORS.register("classification")
+class Classification:
+  """Reads `data` (name, split, data_dir, cache), `pp` and optionally `batch_size`."""
+
+  def __init__(self, config, *, model, loss_fn, strategy, batch_size):
+    self.source = data.open_from_config(config.data)
+    self.preprocess = data.ops.parse(config.pp)
+    self.batch_size = config.get("batch_size", batch_size)
+    strategy.check_batch_size(self.batch_size, config.path("batch_size"))
+    self.strategy = strategy
+    self.eval_step = strategy.compile_eval_step(step_lib.make_eval_step(model, loss_fn))
+
+  def run(self, state):
+    batches = data.pipeline.eval_batches(
+        self.source, preprocess=self.preprocess, global_batch_size=self.batch_size,
+        process_index=self.strategy.process_index, process_count=self.strategy.process_count)
+    sums = None
+    for batch in batches:
+      out = self.eval_step(state, self.strategy.shard(batch))
+      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    sums = jax.device_get(sums)
+    count = int(sums["count"])
+    return {"accuracy": int(sums["correct"]) / count, "loss": float(sums["loss_sum"]) / count,
+            "num_examples": count}

@@ -1,0 +1,56 @@
+"""Command line: python -m jaxtrain.launch --config=experiments/NAME.py[:ARG] --workdir=DIR
+
+`--config.a.b=value` overrides any config value. On several hosts, run the same command
+on every host; outside Cloud TPU (where JAX finds its peers itself) add
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
+"""
+
+import logging as std_logging
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from jaxtrain import train
+from jaxtrain.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file: path/to/experiment.py, or path.py:arg.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the run keeps config, metrics and checkpoints.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: how many processes in all.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+_LIBRARY_INFO = flags.DEFINE_bool("library_info_logs", False, "Also show INFO logs of Orbax, TFDS and JAX.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+_CHATTY = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/", "/etils/")
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Drops INFO lines of libraries that log every checkpoint step; keeps their warnings."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or not any(p in record.pathname for p in _CHATTY)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not _LIBRARY_INFO.value:
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+  if _COORDINATOR.value or _NUM_PROCESSES.value or _PROCESS_ID.value is not None:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  try:
+    train.run(_CONFIG.value, _WORKDIR.value)
+  except UserError as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,37 @@
+"""Per-example losses: `loss(logits, labels) -> [batch]`, labels one-hot (or multi-hot)."""
+
+import inspect
+
+import optax
+
+from jaxtrain.errors import UserError, did_you_mean
+from jaxtrain.registry import Registry
+
+LOSSES = Registry("loss")
+
+
+@LOSSES.register("softmax_xent")
+def softmax_xent(logits, labels, *, label_smoothing=0.0):
+  if label_smoothing:
+    labels = optax.smooth_labels(labels, label_smoothing)
+  return optax.softmax_cross_entropy(logits, labels)
+
+
+@LOSSES.register("sigmoid_xent")
+def sigmoid_xent(logits, labels, *, label_smoothing=0.0):
+  """Independent binary cross-entropies, summed over classes."""
+  if label_smoothing:
+    labels = labels * (1 - label_smoothing) + label_smoothing / 2
+  return optax.sigmoid_binary_cross_entropy(logits, labels).sum(-1)
+
+
+def build(loss_config):
+  """`loss.name` and its keyword arguments (e.g. `loss.label_smoothing`) -> loss function."""
+  fn = LOSSES.get(loss_config.name)
+  kwargs = loss_config.take("name")
+  accepted = [p for p in inspect.signature(fn).parameters if p not in ("logits", "labels")]
+  for key in kwargs:
+    if key not in accepted:
+      raise UserError(f"unknown config key '{loss_config.path(key)}': loss '{loss_config.name}' "
+                      f"takes {accepted or 'no arguments'}{did_you_mean(key, accepted)}")
+  return lambda logits, labels: fn(logits, labels, **kwargs)

@@ -1,0 +1,100 @@
+"""Where metrics go: metrics.jsonl, TensorBoard event files, and the console.
+
+Only process 0 writes files. Rows are `{"step": N, "<prefix>/<name>": value, ...}`.
+"""
+
+import contextlib
+import datetime
+import json
+import os
+import time
+
+from absl import logging
+import jax
+import numpy as np
+
+
+class Writer:
+
+  def __init__(self, workdir):
+    self.enabled = jax.process_index() == 0
+    if not self.enabled:
+      return
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+
+  def write(self, step, metrics):
+    if not self.enabled:
+      return
+    row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    for key, value in row.items():
+      if key != "step" and isinstance(value, (int, float)):
+        self._tb.add_scalar(key, value, global_step=step)
+
+  def close(self):
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def _plain(value):
+  return value if isinstance(value, (int, float, str)) else np.asarray(value).item()
+
+
+class Progress:
+  """Throughput and ETA of the training steps, not counting evaluation or checkpointing."""
+
+  def __init__(self, first_step, total_steps, batch_size):
+    self.total_steps, self.batch_size = total_steps, batch_size
+    self._last_step, self._last_time = first_step, time.perf_counter()
+    self._paused = 0.0
+    self.train_seconds = 0.0
+
+  @contextlib.contextmanager
+  def pause(self):
+    """Time spent inside is left out of the rates (evaluation, checkpoints)."""
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._paused += time.perf_counter() - start
+
+  def measure(self, step):
+    """Rates since the previous call: steps/s, examples/s and the estimated time left."""
+    now = time.perf_counter()
+    seconds = max(now - self._last_time - self._paused, 1e-9)
+    steps_per_sec = (step - self._last_step) / seconds
+    self.train_seconds += seconds
+    self._last_step, self._last_time, self._paused = step, now, 0.0
+    eta = (self.total_steps - step) / steps_per_sec if steps_per_sec > 0 else float("inf")
+    return {"steps_per_sec": steps_per_sec, "examples_per_sec": steps_per_sec * self.batch_size,
+            "eta_seconds": eta}
+
+
+def progress_line(step, total_steps, train_metrics, rates):
+  """One line per log interval that reads well in a plain log file."""
+  eta = rates["eta_seconds"]
+  eta_text = str(datetime.timedelta(seconds=round(eta))) if np.isfinite(eta) else "?"
+  return (f"step {step}/{total_steps} ({100 * step / total_steps:.1f}%) | "
+          f"loss {train_metrics['loss']:.4f} | lr {train_metrics['lr']:.3g} | "
+          f"{rates['steps_per_sec']:.1f} steps/s | {_si(rates['examples_per_sec'])} examples/s | "
+          f"ETA {eta_text}")
+
+
+def eval_line(name, metrics):
+  parts = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()]
+  return f"{name}: " + " | ".join(parts)
+
+
+def _si(x):
+  for unit, scale in (("M", 1e6), ("k", 1e3)):
+    if x >= scale:
+      return f"{x / scale:.1f}{unit}"
+  return f"{x:.1f}"
+
+
+def log(line):
+  logging.info("%s", line)
