@@ -47,7 +47,8 @@ class Reader:
     if name not in self._config or self._config[name] is None:
       self._record["asked"].add(path)
       if default is _REQUIRED:
-        raise UserError(f"config key '{path}' is required but not set{did_you_mean(name, self.keys())}")
+        others = [k for k in self.keys() if k != name]
+        raise UserError(f"config key '{path}' is required but not set{did_you_mean(name, others)}")
       return default
     value = self._config[name]
     if isinstance(value, (ml_collections.ConfigDict, dict)):
@@ -80,11 +81,17 @@ class Reader:
     return rest
 
 
+def unknown_key(section, key, accepted, owner):
+  """The error for a key that `owner` (e.g. "model 'cnn'") does not take."""
+  close = did_you_mean(key, accepted, prefix=section.path(""))
+  return UserError(f"unknown config key '{section.path(key)}'{close}; {owner} takes {', '.join(sorted(accepted))}")
+
+
 def _leaves(config, prefix=""):
   for key, value in config.items():
     path = f"{prefix}.{key}" if prefix else key
-    if isinstance(value, (ml_collections.ConfigDict, dict)) and value:
-      yield from _leaves(value, path)
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      yield from _leaves(value, path)  # An empty section has nothing to read.
     elif value is not None:
       yield path
 
@@ -94,7 +101,7 @@ def unread_keys(reader):
 
   def is_read(path):
     parts = path.split(".")
-    return any(".".join(parts[:i]) in read for i in range(1, len(parts) + 1))
+    return any(".".join(parts[:i]) in read for i in range(len(parts) + 1))  # '' is the root.
 
   return [path for path in _leaves(reader._config) if not is_read(path)]  # pylint: disable=protected-access
 
@@ -134,15 +141,16 @@ def steps(reader, prefix, *, steps_per_epoch, batch_size, default=_REQUIRED):
       raise UserError(f"set one of {', '.join(names)}")
     return default
   (unit, value), = given.items()
-  if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+  if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
     raise UserError(f"config key '{reader.path(f'{prefix}_{unit}')}' must be a positive number, got {value!r}")
   if unit == "steps":
     if value != int(value):
       raise UserError(f"config key '{reader.path(f'{prefix}_steps')}' must be a whole number, got {value!r}")
     return int(value)
+  # Rounded before the ceiling so that 2.2 epochs of 25 steps is 55 steps, not 56.
   if unit == "epochs":
-    return max(1, math.ceil(value * steps_per_epoch))
-  return max(1, math.ceil(value / batch_size))
+    return max(1, math.ceil(round(value * steps_per_epoch, 6)))
+  return max(1, math.ceil(round(value / batch_size, 6)))
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ class UserError(Exception):
   """A mistake in the config, the command line or the inputs: named, with the fix."""
 
 
-def did_you_mean(name, candidates):
-  """' (did you mean 'x'?)' when a candidate is close to `name`, else ''."""
+def did_you_mean(name, candidates, prefix=""):
+  """' (did you mean 'PREFIXx'?)' when a candidate x is close to `name`, else ''."""
   close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-  return f" (did you mean '{close[0]}'?)" if close else ""
+  return f" (did you mean '{prefix}{close[0]}'?)" if close else ""

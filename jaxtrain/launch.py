@@ -6,6 +6,8 @@ on every host; outside Cloud TPU (where JAX finds its peers itself) add
 """
 
 import logging as std_logging
+import os
+import re
 import sys
 
 from absl import app
@@ -44,13 +46,42 @@ def main(argv):
   if _COORDINATOR.value or _NUM_PROCESSES.value or _PROCESS_ID.value is not None:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
+  config_file = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]  # Less ':arg'.
+  if not os.path.isfile(config_file):
+    _fail(f"--config={config_file}: no such file")
   try:
     train.run(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
+
+
+def _fail(message):
+  """A user's mistake: one line on stderr, no traceback, exit status 2."""
+  print(f"error: {' '.join(message.split())}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv):
+  """Flag mistakes (a config that raises, a bad override) as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    text = str(e)
+    if "Traceback" in text:  # get_config raised: the traceback's last line says why.
+      text = f"{text.split(': Error whilst', 1)[0]}: get_config raised {text.strip().splitlines()[-1]}"
+    _fail(text)
+  except (AttributeError, KeyError) as e:  # ml_collections has no such key.
+    _fail(_no_such_key(str(e), argv))
+
+
+def _no_such_key(text, argv):
+  suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+  missing = suggestion.group(2) if suggestion else re.sub(r"[^\w.]", "", text.split("\\n")[0])
+  override = next((a.split("=")[0] for a in argv
+                   if a.startswith("--config.") and missing in a.split("=")[0].split(".")), "--config.*")
+  hint = f" (did you mean '{suggestion.group(1)}'?)" if suggestion else ""
+  return f"{override}: the config has no key '{missing}'{hint}; overrides can only change keys the config file sets"
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -4,7 +4,7 @@ import inspect
 
 import optax
 
-from jaxtrain.errors import UserError, did_you_mean
+from jaxtrain import config as config_lib
 from jaxtrain.registry import Registry
 
 LOSSES = Registry("loss")
@@ -32,6 +32,5 @@ def build(loss_config):
   accepted = [p for p in inspect.signature(fn).parameters if p not in ("logits", "labels")]
   for key in kwargs:
     if key not in accepted:
-      raise UserError(f"unknown config key '{loss_config.path(key)}': loss '{loss_config.name}' "
-                      f"takes {accepted or 'no arguments'}{did_you_mean(key, accepted)}")
+      raise config_lib.unknown_key(loss_config, key, accepted + ["name"], f"loss '{loss_config.name}'")
   return lambda logits, labels: fn(logits, labels, **kwargs)

@@ -20,9 +20,14 @@ import optax
 from jaxtrain import config as config_lib
 from jaxtrain.errors import UserError, did_you_mean
 
+def _sgd(momentum=0.0, nesterov=False):
+  if nesterov and not momentum:
+    raise UserError("optimizer.nesterov=True needs optimizer.momentum > 0")
+  return optax.trace(decay=momentum, nesterov=nesterov) if momentum else optax.identity()
+
+
 _SCALERS = {
-    "sgd": lambda momentum=0.0, nesterov=False: (
-        optax.trace(decay=momentum, nesterov=nesterov) if momentum else optax.identity()),
+    "sgd": _sgd,
     "adam": lambda b1=0.9, b2=0.999, eps=1e-8: optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
 }
 _SCALERS["adamw"] = _SCALERS["adam"]
@@ -45,11 +50,10 @@ def build(optimizer, schedule, *, total_steps, steps_per_epoch, batch_size):
   clip = optimizer.get("grad_clip_norm")
   scaler = _SCALERS[name]
   kwargs = optimizer.take("name", "lr", "weight_decay", "grad_clip_norm")
-  accepted = list(inspect.signature(scaler).parameters)
+  accepted = list(inspect.signature(scaler).parameters) + ["lr", "weight_decay", "grad_clip_norm"]
   for key in kwargs:
     if key not in accepted:
-      raise UserError(f"unknown config key '{optimizer.path(key)}': optimizer '{name}' takes "
-                      f"lr, weight_decay, grad_clip_norm, {', '.join(accepted)}{did_you_mean(key, accepted)}")
+      raise config_lib.unknown_key(optimizer, key, accepted, f"optimizer '{name}'")
   parts = [optax.clip_by_global_norm(clip)] if clip else []
   parts.append(scaler(**kwargs))
   if weight_decay:
@@ -74,6 +78,8 @@ def build_schedule(schedule, lr, *, total_steps, steps_per_epoch, batch_size):
     main = optax.linear_schedule(lr, lr * schedule.get("end_factor", 0.0), decay_steps)
   elif name == "rsqrt":
     timescale = schedule.get("timescale", max(warmup, 1))
+    if not timescale > 0:
+      raise UserError(f"schedule.timescale must be positive, got {timescale!r}")
     main = lambda step: lr * jax.lax.rsqrt(1.0 + step / timescale)
   elif name == "step":
     every = config_lib.steps(schedule, "decay_every", **durations)

@@ -28,7 +28,7 @@ class Strategy:
 
   def check_batch_size(self, batch_size, key):
     devices = self.mesh.devices.size
-    if not isinstance(batch_size, int) or batch_size <= 0 or batch_size % devices:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0 or batch_size % devices:
       raise UserError(f"{key}={batch_size!r} cannot be split evenly over {devices} devices; "
                       f"use a positive multiple of {devices}")
 

@@ -65,23 +65,22 @@ def parse(spec):
 
 
 def _parse_call(text, spec):
+  # The name may be 'module.path:attr', which is not Python, so only the arguments are.
+  name, paren, rest = text.partition("(")
+  name = name.strip()
   try:
-    node = ast.parse(text, mode="eval").body
-    if isinstance(node, ast.Name):
-      name, args, kwargs = node.id, [], {}
-    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-      name = node.func.id
-      args = [ast.literal_eval(a) for a in node.args]
-      kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
-    else:
+    if not name or (paren and not rest.rstrip().endswith(")")):
       raise ValueError("not a call")
+    node = ast.parse(f"f({rest}" if paren else "f()", mode="eval").body
+    args = [ast.literal_eval(a) for a in node.args]
+    kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
   except (SyntaxError, ValueError):
     raise UserError(f"cannot parse preprocessing op '{text}' in '{spec}': write name(arg, key=value) "
                     f"with literal arguments") from None
   factory = OPS.get(name)
   try:
     return factory(*args, **kwargs)
-  except TypeError as e:
+  except Exception as e:  # pylint: disable=broad-except  (any bad argument is the user's to fix)
     raise UserError(f"bad arguments to preprocessing op '{text}': {e}") from None
 
 

@@ -28,6 +28,7 @@ def train_dataset(source, *, preprocess, global_batch_size, seed, process_index=
   takes the p-th contiguous slice of it, and random augmentation is drawn for the whole
   global batch before slicing.
   """
+  _check_divides(global_batch_size, process_count)
   num_examples = len(source)
   batches_per_epoch = num_examples // global_batch_size
   if batches_per_epoch == 0:
@@ -61,6 +62,7 @@ def eval_batches(source, *, preprocess, global_batch_size, process_index=0, proc
   Process p reads examples p, p+P, ...; all processes yield the same number of batches
   (collectives need it), the ones whose share runs out first yielding padding only.
   """
+  _check_divides(global_batch_size, process_count)
   num_examples = len(source)
   if num_examples < process_count:
     raise UserError(f"an evaluation split of {num_examples} examples cannot be shared by {process_count} processes")
@@ -78,6 +80,11 @@ def eval_batches(source, *, preprocess, global_batch_size, process_index=0, proc
 
   ds = grain.MapDataset.range(num_batches).map(make_batch)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+
+
+def _check_divides(global_batch_size, process_count):
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise UserError(f"a global batch of {global_batch_size} cannot be shared evenly by {process_count} processes")
 
 
 def _pad(array, size):

@@ -6,7 +6,10 @@ the representation before the classifier head (few-shot evaluators probe it).
 
 import dataclasses
 
-from jaxtrain.errors import UserError, did_you_mean
+import flax.linen as nn
+
+from jaxtrain import config as config_lib
+from jaxtrain.errors import UserError
 from jaxtrain.registry import Registry
 
 MODELS = Registry("model")
@@ -17,11 +20,17 @@ from jaxtrain.models import cnn, mlp  # pylint: disable=wrong-import-position,un
 
 def build(model_config):
   """The model named by `model.name`, built with the section's other keys as arguments."""
-  cls = MODELS.get(model_config.name)
+  name = model_config.name
+  cls = MODELS.get(name)
+  if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+    raise UserError(f"model.name='{name}' is not a Flax Linen module class")
   kwargs = model_config.take("name")
-  fields = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
+  fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
   for key in kwargs:
     if key not in fields:
-      raise UserError(f"unknown config key '{model_config.path(key)}': model '{model_config.name}' "
-                      f"has no argument '{key}'{did_you_mean(key, fields)}")
+      raise config_lib.unknown_key(model_config, key, set(fields) | {"name"}, f"model '{name}'")
+  for key, field in fields.items():
+    no_default = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+    if no_default and key not in kwargs:
+      raise UserError(f"config key '{model_config.path(key)}' is required by model '{name}' but not set")
   return cls(**kwargs)

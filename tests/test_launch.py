@@ -1,0 +1,94 @@
+"""The command line as a user runs it: `python -m jaxtrain.launch --config=... --workdir=...`."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+DIGITS = os.path.join(ROOT, "experiments", "digits.py")
+QUICK = ["--config.total_epochs=2", "--config.log_every_steps=11", "--config.schedule.warmup_epochs=1",
+         "--config.evals.val.every_epochs=1", "--config.checkpoint.every_epochs=1"]
+
+
+def launch(*args):
+  return subprocess.run([sys.executable, "-m", "jaxtrain.launch", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, check=False)
+
+
+def test_digits_runs_from_the_command_line(tfds_dir, tmp_path):
+  workdir = tmp_path / "run"
+  result = launch(f"--config={DIGITS}:mlp", f"--workdir={workdir}", *QUICK)
+  assert result.returncode == 0, result.stderr[-3000:]
+  log = result.stderr
+  # One progress line per log interval, and one line per evaluation.
+  assert re.search(r"step 11/22 \(50\.0%\) \| loss \d+\.\d{4} \| lr [\d.e-]+ \| [\d.]+ steps/s \| "
+                   r"[\d.]+k? examples/s \| ETA \d+:\d\d:\d\d", log), log[-3000:]
+  assert re.search(r"val: accuracy 0\.\d{4} \| loss \d+\.\d{4} \| num_examples 359", log)
+  assert "orbax" not in log  # Library INFO chatter is hidden by default.
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["model"]["name"] == "mlp" and config["total_epochs"] == 2
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "train/loss" in r] == [11, 22]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["11", "22"]
+
+
+def test_a_mistyped_key_in_a_config_file_is_one_line_and_touches_nothing(tfds_dir, tmp_path):
+  config = tmp_path / "typo.py"
+  config.write_text(f"import importlib.util\n"
+                    f"spec = importlib.util.spec_from_file_location('digits', {DIGITS!r})\n"
+                    f"digits = importlib.util.module_from_spec(spec)\n"
+                    f"spec.loader.exec_module(digits)\n"
+                    f"def get_config():\n"
+                    f"  c = digits.get_config()\n"
+                    f"  c.optimizer.lrr = 0.1\n"
+                    f"  return c\n")
+  workdir = tmp_path / "run"
+  result = launch(f"--config={config}", f"--workdir={workdir}")
+  assert result.returncode == 2
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert errors == ["error: unknown config key 'optimizer.lrr' (did you mean 'optimizer.lr'?); "
+                    "optimizer 'adamw' takes b1, b2, eps, grad_clip_norm, lr, weight_decay"]
+  assert "Traceback" not in result.stderr
+  assert not workdir.exists()
+
+
+def errors_of(result):
+  return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_an_override_of_a_key_the_config_lacks_is_one_line(tfds_dir, tmp_path):
+  result = launch(f"--config={DIGITS}", f"--workdir={tmp_path / 'run'}", "--config.optimizer.lrr=0.1")
+  assert result.returncode == 2
+  assert errors_of(result) == ["error: --config.optimizer.lrr: the config has no key 'lrr' (did you mean 'lr'?); "
+                               "overrides can only change keys the config file sets"]
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_an_override_of_the_wrong_type_is_one_line(tfds_dir, tmp_path):
+  result = launch(f"--config={DIGITS}", f"--workdir={tmp_path / 'run'}", "--config.total_epochs=abc")
+  assert result.returncode == 2
+  assert errors_of(result) == ["error: flag --config.total_epochs=abc: invalid literal for int() with base 10: 'abc'"]
+
+
+def test_a_missing_config_file_is_one_line(tmp_path):
+  result = launch("--config=experiments/nothere.py", f"--workdir={tmp_path / 'run'}")
+  assert result.returncode == 2
+  assert errors_of(result) == ["error: --config=experiments/nothere.py: no such file"]
+
+
+def test_a_get_config_that_raises_is_one_line(tmp_path):
+  result = launch(f"--config={DIGITS}:resnet", f"--workdir={tmp_path / 'run'}")
+  assert result.returncode == 2
+  assert errors_of(result) == [f"error: flag --config={DIGITS}:resnet: get_config raised ValueError: unknown "
+                               f"variant 'resnet': use experiments/digits.py:cnn or :mlp"]
+  assert not (tmp_path / "run").exists()
+
+
+def test_workdir_is_required(tfds_dir):
+  result = launch(f"--config={DIGITS}")
+  assert result.returncode != 0
+  assert "--workdir" in result.stderr

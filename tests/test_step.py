@@ -1,0 +1,304 @@
+"""The train state, the pure train and eval steps, and the single-device Strategy."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from jaxtrain import losses, models, optim, parallel
+from jaxtrain import step as step_lib
+from jaxtrain.config import Reader
+from jaxtrain.errors import UserError
+
+NUM_CLASSES = 4
+BATCH = 8
+TOTAL_STEPS = 60
+
+
+def build(model, optimizer=None, schedule=None, seed=0):
+  """(model, tx, loss_fn, lr_fn, state) from config sections, as train.py builds them."""
+  cfg = Reader(ml_collections.ConfigDict({
+      "model": {"num_classes": NUM_CLASSES, **model},
+      "loss": {"name": "softmax_xent"},
+      "optimizer": optimizer or {"name": "adam", "lr": 1e-2},
+      "schedule": schedule or {"name": "constant"},
+  }))
+  model = models.build(cfg.model)
+  loss_fn = losses.build(cfg.loss)
+  tx, lr_fn = optim.build(cfg.optimizer, cfg.schedule, total_steps=TOTAL_STEPS, steps_per_epoch=10,
+                          batch_size=BATCH)
+  state = step_lib.create_state(model, tx, np.zeros((1, 4, 4, 1), np.float32), seed)
+  return model, tx, loss_fn, lr_fn, state
+
+
+def make_batch(seed=0, batch=BATCH):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.normal(size=(batch, 4, 4, 1)).astype(np.float32),
+          "labels": np.eye(NUM_CLASSES, dtype=np.float32)[rng.integers(0, NUM_CLASSES, batch)]}
+
+
+MLP = {"name": "mlp", "hidden": (32,)}
+MLP_DROPOUT = {"name": "mlp", "hidden": (32,), "dropout": 0.5}
+CNN_BN = {"name": "cnn", "features": (4,), "pool_every": 1, "dense": 8, "batch_norm": True}
+
+
+def as_numpy(tree):
+  return jax.tree.map(np.asarray, tree)
+
+
+def assert_trees_equal(a, b):
+  a, b = as_numpy(a), as_numpy(b)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def copy(tree):
+  return jax.tree.map(jnp.array, tree)
+
+
+@pytest.fixture(scope="module")
+def mlp_dropout():
+  model, tx, loss_fn, lr_fn, state = build(MLP_DROPOUT, schedule={"name": "cosine", "warmup_steps": 4})
+  return state, jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn)), lr_fn
+
+
+# ---------------------------------------------------------------------------------------
+# create_state.
+# ---------------------------------------------------------------------------------------
+
+
+def test_create_state_starts_at_step_zero():
+  _, tx, _, _, state = build(MLP)
+  assert state.step.shape == () and state.step.dtype == jnp.int32 and int(state.step) == 0
+  assert set(state.params) == {"Dense_0", "head"}
+  assert state.params["Dense_0"]["kernel"].shape == (16, 32)
+  assert state.params["head"]["kernel"].shape == (32, NUM_CLASSES)
+  assert_trees_equal(state.opt_state, tx.init(state.params))
+  assert state.model_state == {}
+  assert state.rng.shape == (2,) and state.rng.dtype == jnp.uint32
+
+
+def test_create_state_holds_batch_stats_as_model_state():
+  _, _, _, _, state = build(CNN_BN)
+  assert set(state.model_state) == {"batch_stats"}
+  assert "batch_stats" not in state.params
+  stats = state.model_state["batch_stats"]["BatchNorm_0"]
+  np.testing.assert_array_equal(stats["mean"], np.zeros(4))
+  np.testing.assert_array_equal(stats["var"], np.ones(4))
+
+
+def test_create_state_depends_only_on_the_seed():
+  assert_trees_equal(build(MLP, seed=3)[-1], build(MLP, seed=3)[-1])
+  a, b = build(MLP, seed=3)[-1], build(MLP, seed=4)[-1]
+  assert not np.array_equal(a.params["head"]["kernel"], b.params["head"]["kernel"])
+
+
+# ---------------------------------------------------------------------------------------
+# make_train_step.
+# ---------------------------------------------------------------------------------------
+
+
+def test_train_step_is_pure(mlp_dropout):
+  state, train_step, _ = mlp_dropout
+  batch = make_batch()
+  before = as_numpy(state)
+  first = train_step(copy(state), copy(batch))
+  second = train_step(copy(state), copy(batch))
+  assert_trees_equal(first, second)
+  assert_trees_equal(state, before)  # The input state is left as it was.
+
+
+def test_train_step_increments_step(mlp_dropout):
+  state, train_step, _ = mlp_dropout
+  for expected in (1, 2, 3):
+    state, _ = train_step(state, make_batch())
+    assert int(state.step) == expected
+
+
+def test_train_step_metrics(mlp_dropout):
+  state, train_step, _ = mlp_dropout
+  _, metrics = train_step(state, make_batch())
+  assert set(metrics) == {"loss", "accuracy", "grad_norm", "lr"}
+  assert all(m.shape == () for m in metrics.values())
+  assert float(metrics["loss"]) > 0
+  assert 0.0 <= float(metrics["accuracy"]) <= 1.0
+  assert float(metrics["grad_norm"]) > 0
+
+
+def test_train_step_metrics_match_a_manual_computation():
+  model, tx, loss_fn, lr_fn, state = build(MLP)
+  batch = make_batch()
+  _, metrics = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn))(state, batch)
+
+  def loss_of(params):
+    logits, _ = model.apply({"params": params}, batch["image"], train=True)
+    return loss_fn(logits, batch["labels"]).mean(), logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  accuracy = np.mean(np.argmax(logits, -1) == np.argmax(batch["labels"], -1))
+  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+  np.testing.assert_allclose(metrics["accuracy"], accuracy)
+  np.testing.assert_allclose(metrics["grad_norm"], optax.global_norm(grads), rtol=1e-5)
+
+
+def test_lr_metric_is_the_schedule_at_the_step_before_the_update(mlp_dropout):
+  state, train_step, lr_fn = mlp_dropout
+  reported = []
+  for _ in range(8):
+    state, metrics = train_step(state, make_batch())
+    reported.append(float(metrics["lr"]))
+  expected = [float(lr_fn(jnp.int32(s))) for s in range(8)]
+  np.testing.assert_allclose(reported, expected, rtol=1e-6)
+  assert reported[0] == 0.0 and reported[2] == pytest.approx(0.5e-2)
+
+
+def test_first_warmup_step_leaves_params_unchanged(mlp_dropout):
+  # The optimizer's own step count agrees with the reported lr: zero at step 0.
+  state, train_step, _ = mlp_dropout
+  new_state, _ = train_step(state, make_batch())
+  assert_trees_equal(new_state.params, state.params)
+  later, _ = train_step(new_state, make_batch())
+  assert not np.array_equal(later.params["head"]["kernel"], new_state.params["head"]["kernel"])
+
+
+def test_dropout_mask_changes_with_the_step(mlp_dropout):
+  state, train_step, _ = mlp_dropout
+  batch = make_batch()
+  losses_ = [float(train_step(state.replace(step=jnp.int32(s)), batch)[1]["loss"]) for s in (0, 1, 2, 0)]
+  assert losses_[0] != losses_[1] and losses_[1] != losses_[2] and losses_[0] != losses_[2]
+  assert losses_[0] == losses_[3]
+
+
+def test_dropout_mask_changes_with_the_state_rng(mlp_dropout):
+  state, train_step, _ = mlp_dropout
+  batch = make_batch()
+  other = state.replace(rng=jax.random.PRNGKey(123))
+  assert float(train_step(state, batch)[1]["loss"]) != float(train_step(other, batch)[1]["loss"])
+
+
+def test_loss_falls_on_a_fixed_batch():
+  model, tx, loss_fn, lr_fn, state = build(MLP, optimizer={"name": "adam", "lr": 1e-2})
+  train_step = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn))
+  batch = make_batch()
+  state, metrics = train_step(state, batch)
+  first = float(metrics["loss"])
+  for _ in range(49):
+    state, metrics = train_step(state, batch)
+  assert float(metrics["loss"]) < 0.5 * first
+  assert float(metrics["accuracy"]) == 1.0
+
+
+def test_batch_stats_update_in_train_mode():
+  model, tx, loss_fn, lr_fn, state = build(CNN_BN)
+  batch = make_batch()
+  new_state, _ = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn))(state, batch)
+  # Running mean <- 0.9 * 0 + 0.1 * the batch mean of the first (bias-free) convolution.
+  conv = nn.Conv(4, (3, 3), use_bias=False).apply({"params": state.params["Conv_0"]}, batch["image"])
+  stats = new_state.model_state["batch_stats"]["BatchNorm_0"]
+  np.testing.assert_allclose(stats["mean"], 0.1 * conv.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * conv.var((0, 1, 2)), rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------
+# make_eval_step.
+# ---------------------------------------------------------------------------------------
+
+
+def test_eval_step_sums_only_real_rows():
+  model, _, loss_fn, _, state = build(CNN_BN)
+  batch = make_batch(seed=1)
+  mask = np.array([1, 1, 0, 1, 0, 1, 1, 0], np.float32)
+  eval_step = jax.jit(step_lib.make_eval_step(model, loss_fn))
+  sums = eval_step(state, {**batch, "_mask": mask})
+
+  real = mask == 1
+  logits, _ = model.apply({"params": state.params, **state.model_state}, batch["image"][real], train=False)
+  per_example = loss_fn(logits, batch["labels"][real])
+  correct = np.sum(np.argmax(logits, -1) == np.argmax(batch["labels"][real], -1))
+  assert int(sums["count"]) == 5
+  assert int(sums["correct"]) == correct
+  np.testing.assert_allclose(sums["loss_sum"], per_example.sum(), rtol=1e-5)
+  assert sums["count"].dtype == jnp.int32 and sums["correct"].dtype == jnp.int32
+
+
+def test_eval_step_ignores_the_content_of_padding_rows():
+  model, _, loss_fn, _, state = build(MLP)
+  eval_step = jax.jit(step_lib.make_eval_step(model, loss_fn))
+  batch = {**make_batch(seed=2), "_mask": np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32)}
+  other = {**batch, "image": batch["image"].copy(), "labels": batch["labels"][::-1].copy()}
+  other["image"][5:] = 100.0
+  other["labels"][:5] = batch["labels"][:5]
+  assert_trees_equal(eval_step(state, batch), eval_step(state, other))
+
+
+def test_eval_step_with_no_padding_counts_everything():
+  model, _, loss_fn, _, state = build(MLP)
+  sums = jax.jit(step_lib.make_eval_step(model, loss_fn))(state, {**make_batch(), "_mask": np.ones(BATCH, np.float32)})
+  assert int(sums["count"]) == BATCH
+
+
+# ---------------------------------------------------------------------------------------
+# Strategy on the single CPU device.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def strategy():
+  return parallel.Strategy()
+
+
+def test_strategy_mesh_covers_every_device(strategy):
+  assert strategy.mesh.axis_names == ("data",)
+  assert strategy.mesh.devices.size == jax.device_count()
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 8, 128])
+def test_check_batch_size_accepts_multiples_of_the_device_count(strategy, batch_size):
+  strategy.check_batch_size(batch_size * jax.device_count(), "input.batch_size")
+
+
+@pytest.mark.parametrize("batch_size", [0, -8, 8.0, 2.5, "8", None])
+def test_check_batch_size_rejects_non_positive_and_non_integers(strategy, batch_size):
+  with pytest.raises(UserError, match="input.batch_size") as err:
+    strategy.check_batch_size(batch_size, "input.batch_size")
+  assert "positive multiple" in str(err.value)
+
+
+def test_check_batch_size_rejects_bool(strategy):
+  with pytest.raises(UserError):
+    strategy.check_batch_size(True, "input.batch_size")
+
+
+def test_strategy_init_matches_create_state(strategy):
+  model, tx, _, _, state = build(MLP)
+  example = np.zeros((1, 4, 4, 1), np.float32)
+  placed = strategy.init(lambda: step_lib.create_state(model, tx, example, 0))
+  assert_trees_equal(placed, state)
+  assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(placed))
+
+
+def test_compile_train_step_donates_the_state(strategy):
+  model, tx, loss_fn, lr_fn, _ = build(MLP)
+  example = np.zeros((1, 4, 4, 1), np.float32)
+  state = strategy.init(lambda: step_lib.create_state(model, tx, example, 0))
+  train_step = strategy.compile_train_step(step_lib.make_train_step(model, tx, loss_fn, lr_fn))
+  batch = strategy.shard(make_batch())
+  new_state, metrics = train_step(state, batch)
+  assert all(x.is_deleted() for x in jax.tree.leaves(state.params))
+  assert not any(x.is_deleted() for x in jax.tree.leaves(batch))
+  newer_state, _ = train_step(new_state, batch)  # The returned state is live.
+  assert int(newer_state.step) == 2
+  assert np.isfinite(float(metrics["loss"]))
+
+
+def test_compile_eval_step_keeps_the_state(strategy):
+  model, tx, loss_fn, _, _ = build(MLP)
+  example = np.zeros((1, 4, 4, 1), np.float32)
+  state = strategy.init(lambda: step_lib.create_state(model, tx, example, 0))
+  eval_step = strategy.compile_eval_step(step_lib.make_eval_step(model, loss_fn))
+  batch = strategy.shard({**make_batch(), "_mask": np.ones(BATCH, np.float32)})
+  assert int(eval_step(state, batch)["count"]) == BATCH
+  assert not any(x.is_deleted() for x in jax.tree.leaves(state))
