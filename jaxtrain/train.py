@@ -70,7 +70,8 @@ def run(config, workdir):
   ckpt = checkpoint.Checkpointer(workdir, every_steps=ckpt_every, keep=ckpt_keep)
 
   # ---- Fresh start or resume ----------------------------------------------------------
-  example_input = np.zeros((1,) + train_ds[0]["image"].shape[1:], train_ds[0]["image"].dtype)
+  first_images = train_ds[0]["image"]
+  example_input = np.zeros((1,) + first_images.shape[1:], first_images.dtype)
   create = functools.partial(step_lib.create_state, model, tx, example_input, seed)
   train_iter = data.pipeline.iterate(train_ds, num_threads=num_threads, prefetch=prefetch)
   if ckpt.latest_step() is not None:
@@ -88,32 +89,35 @@ def run(config, workdir):
   progress = metrics_lib.Progress(first_step, total_steps, batch_size)
   pending = []  # Per-step metrics, still on the device until the next log.
   last = {}
-  for step in range(first_step + 1, total_steps + 1):
-    state, step_metrics = train_step(state, strategy.shard(next(train_iter)))
-    pending.append(step_metrics)
+  try:
+    for step in range(first_step + 1, total_steps + 1):
+      state, step_metrics = train_step(state, strategy.shard(next(train_iter)))
+      pending.append(step_metrics)
 
-    if step % log_every == 0 or step == total_steps:
-      train_metrics = _mean_of(pending, first_step=step - len(pending) + 1)
-      pending = []
-      rates = progress.measure(step)
-      row = {f"train/{k}": v for k, v in {**train_metrics, **rates, "epoch": step / steps_per_epoch}.items()}
-      writer.write(step, row)
-      metrics_lib.log(metrics_lib.progress_line(step, total_steps, train_metrics, rates))
-      last.update(row)
+      if step % log_every == 0 or step == total_steps:
+        train_metrics = _mean_of(pending, first_step=step - len(pending) + 1)
+        pending = []
+        rates = progress.measure(step)
+        row = {f"train/{k}": v for k, v in {**train_metrics, **rates, "epoch": step / steps_per_epoch}.items()}
+        writer.write(step, row)
+        metrics_lib.log(metrics_lib.progress_line(step, total_steps, train_metrics, rates))
+        last.update(row)
 
-    with progress.pause():
-      for scheduled in evaluators:
-        if scheduled.due(step, total_steps):
-          result = scheduled.evaluator.run(state)
-          writer.write(step, {f"{scheduled.name}/{k}": v for k, v in result.items()})
-          metrics_lib.log(metrics_lib.eval_line(scheduled.name, result))
-          last.update({f"{scheduled.name}/{k}": v for k, v in result.items()})
-      if ckpt.due(step, total_steps):
-        _check_finite(pending, first_step=step - len(pending) + 1)  # Never save a diverged state.
-        ckpt.save(step, state, train_iter)
-
-  ckpt.close()
-  writer.close()
+      due = [scheduled for scheduled in evaluators if scheduled.due(step, total_steps)]
+      if due or ckpt.due(step, total_steps):
+        with progress.pause():  # Rates count training only.
+          for scheduled in due:
+            result = scheduled.evaluator.run(state)
+            row = {f"{scheduled.name}/{k}": v for k, v in result.items()}
+            writer.write(step, row)
+            metrics_lib.log(metrics_lib.eval_line(scheduled.name, result))
+            last.update(row)
+          if ckpt.due(step, total_steps):
+            _check_finite(pending, first_step=step - len(pending) + 1)  # Never save a diverged state.
+            ckpt.save(step, state, train_iter)
+  finally:
+    ckpt.close()  # Waits for a save in flight: it holds a good state.
+    writer.close()
   return last
 
 

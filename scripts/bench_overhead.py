@@ -52,8 +52,8 @@ def variants(steps_digits, steps_wide):
   wide.checkpoint.every_epochs = None
   wide.total_epochs = None
   wide.total_steps = steps_wide
-  wide.model.features = (96, 192)
-  wide.model.dense = 512
+  wide.model.features = (64, 128)
+  wide.model.dense = 256
   return {"digits": digits, "wide": wide}
 
 

@@ -146,7 +146,7 @@ def test_unknown_dataset_raises(data_dir):
 def test_unknown_split_raises_listing_splits(data_dir):
   with pytest.raises(UserError) as e:
     open_source("digits", "validation", data_dir=data_dir)
-  assert "dataset 'digits' has no split 'validation' (it has train, test)" in str(e.value)
+  assert str(e.value) == f"dataset 'digits' in {data_dir} has no split 'validation'; its splits are train, test"
 
 
 def test_split_slice_is_accepted(data_dir):

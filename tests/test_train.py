@@ -97,13 +97,18 @@ def test_a_finished_run_started_again_does_no_more_steps(tfds_dir, tmp_path):
   assert read_rows(workdir) == before
 
 
-def test_non_finite_loss_stops_the_run_naming_the_step(tfds_dir, tmp_path):
+def test_non_finite_loss_stops_the_run_naming_the_step_and_saves_no_diverged_state(tfds_dir, tmp_path):
   c = tiny_config()
   c.optimizer = dict(name="sgd", lr=1e12)
   c.schedule = dict(name="constant")
-  c.log_every_steps = 1
-  with pytest.raises(train.NonFiniteLoss, match=r"loss is (nan|inf) at step \d+; lower optimizer.lr"):
-    train.run(c, str(tmp_path / "run"))
+  c.checkpoint.every_steps = 1  # Saved every step, logged every 10: the save must check first.
+  c.checkpoint.keep = 100
+  workdir = tmp_path / "run"
+  with pytest.raises(train.NonFiniteLoss, match=r"loss is (nan|inf) at step \d+; lower optimizer.lr") as e:
+    train.run(c, str(workdir))
+  bad_step = int(str(e.value).split("at step ")[1].split(";")[0])
+  saved = sorted(int(name) for name in os.listdir(workdir / "checkpoints"))
+  assert saved == list(range(1, bad_step))
 
 
 def test_a_key_nothing_reads_fails_before_the_workdir_is_touched(tfds_dir, tmp_path):

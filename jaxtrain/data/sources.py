@@ -66,11 +66,12 @@ def open_source(name, split, data_dir=None, cache=False):
                       f"`tfds build {name} --data_dir={data_dir} --file_format=array_record` "
                       f"or set input.data.data_dir / $TFDS_DATA_DIR to where it is")
     _prepare(builder)
-  available = list(builder.info.splits.keys())
   try:
     builder.info.splits[split]  # pylint: disable=expression-not-assigned
   except (KeyError, ValueError, AssertionError) as e:
-    raise UserError(f"dataset '{name}' has no split '{split}' (it has {', '.join(available)}): {e}") from None
+    why = f" ({e})" if "[" in split else ""  # Say what is wrong with a slice like 'train[:200%]'.
+    raise UserError(f"dataset '{name}' in {data_dir} has no split '{split}'{why}; its splits are "
+                    f"{', '.join(builder.info.splits.keys())}") from None
   file_format = tfds.core.FileFormat(builder.info.file_format)
   if file_format != tfds.core.FileFormat.ARRAY_RECORD:
     raise UserError(f"dataset '{name}' in {data_dir} is stored as {file_format.value}, not array_record; "
