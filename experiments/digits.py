@@ -1,10 +1,12 @@
-"""The 8x8 digits that scikit-learn ships: a small CNN (or `:mlp`) trained on CPU in a minute.
+"""The 8x8 digits that scikit-learn ships: a small CNN (or `:mlp`) trained on CPU in seconds.
 
     python -m jaxtrain.launch --config=experiments/digits.py --workdir=runs/digits
     python -m jaxtrain.launch --config=experiments/digits.py:mlp --workdir=runs/digits_mlp
 """
 
 import ml_collections
+
+from jaxtrain.config import duration
 
 PP_EVAL = "value_range(-1, 1)|onehot(10, key='label', key_result='labels')|keep('image', 'labels')"
 PP_TRAIN = "value_range(-1, 1)|random_shift(1)|onehot(10, key='label', key_result='labels')|keep('image', 'labels')"
@@ -14,8 +16,8 @@ def get_config(arg=None):
   variant = arg or "cnn"
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.total_epochs = 40
-  c.log_every_steps = 50
+  c.update(duration("total", epochs=40))
+  c.update(duration("log_every", steps=50))
 
   c.input = ml_collections.ConfigDict()
   # Decoded into memory once: 1,438 images of 64 bytes.
@@ -32,11 +34,11 @@ def get_config(arg=None):
     raise ValueError(f"unknown variant '{variant}': use experiments/digits.py:cnn or :mlp")
   c.loss = dict(name="softmax_xent", label_smoothing=0.0)
   c.optimizer = dict(name="adamw", lr=3e-3, weight_decay=1e-4, grad_clip_norm=1.0)
-  c.schedule = dict(name="cosine", warmup_epochs=2)
+  c.schedule = dict(name="cosine", **duration("warmup", epochs=2))
 
   c.evals = ml_collections.ConfigDict()
-  c.evals.val = dict(type="classification", data=dict(name="digits", split="test", cache=True,
-                                                      data_dir=ml_collections.config_dict.placeholder(str)),
-                     pp=PP_EVAL, every_epochs=10)
-  c.checkpoint = dict(every_epochs=10, keep=2)
+  # data_dir unset: the evaluator reads from the training data's directory.
+  c.evals.val = dict(type="classification", data=dict(name="digits", split="test", cache=True),
+                     pp=PP_EVAL, **duration("every", epochs=10))
+  c.checkpoint = dict(keep=2, **duration("every", epochs=10))
   return c

@@ -1,7 +1,9 @@
 """Orbax checkpoints of the train state and the data iterator, in `workdir/checkpoints/`.
 
-Each saved step is one directory, `checkpoints/<step>/`, with two items: 'state' (the
-TrainState, global arrays) and 'data' (the Grain iterator position of this process).
+Each saved step is one directory, `checkpoints/<step>/`, with three items: 'state' (the
+TrainState, global arrays), 'data' (the Grain iterator position of this process) and
+'pending' (the per-step metrics since the last log, so that a resumed run logs the same
+averages as an uninterrupted one).
 Saves are asynchronous: training goes on while the files are written, and Orbax only
 makes a step visible once all of it is on disk.
 """
@@ -9,16 +11,22 @@ makes a step visible once all of it is on disk.
 import os
 
 import grain
+import jax
 import orbax.checkpoint as ocp
+
+from jaxtrain import config as config_lib
+from jaxtrain.errors import UserError
 
 
 class Checkpointer:
 
   def __init__(self, workdir, *, every_steps, keep):
     self.every_steps = every_steps
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self._manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
-        item_names=("state", "data"),
+        self.directory,
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
+                       "pending": ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True),
     )
 
@@ -26,18 +34,61 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def due(self, step, total_steps):
-    return step == total_steps or (self.every_steps is not None and step % self.every_steps == 0)
+    return config_lib.due(step, self.every_steps, total_steps)
 
-  def save(self, step, state, data_iterator):
+  def save(self, step, state, data_iterator, pending):
+    """`pending`: a list of {metric: float}, one per step since the last log."""
     self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)))
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
+        pending=ocp.args.JsonSave(pending)))
 
   def restore(self, step, abstract_state, data_iterator):
-    """Restores into `abstract_state`'s shardings and moves `data_iterator` in place."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(data_iterator)))
-    return restored["state"]
+    """Returns (state, pending) restored into `abstract_state`'s shardings, and moves
+    `data_iterator` in place."""
+    mismatches = self._mismatches(step, abstract_state)
+    if mismatches:
+      raise UserError(f"checkpoint {self.directory}/{step} does not fit this run's model or optimizer "
+                      f"({'; '.join(mismatches[:5])}{'; ...' if len(mismatches) > 5 else ''}); "
+                      f"resume with the config it was saved with, or use a new --workdir")
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(data_iterator),
+          pending=ocp.args.JsonRestore()))
+    except (ValueError, TypeError, KeyError) as e:
+      why = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+      raise UserError(f"checkpoint {self.directory}/{step} does not fit this run's model or optimizer "
+                      f"({why[:300]}); resume with the config it was saved with, or use a new --workdir") from e
+    return restored["state"], restored["pending"]
+
+  def _mismatches(self, step, abstract_state):
+    """What differs between the saved state's arrays and the ones this run expects."""
+    saved = _shapes(self._manager.item_metadata(step)["state"])
+    wanted = _shapes(abstract_state)
+    params_first = lambda key: (not key.startswith("params/"), key)
+    found = [f"{key}: saved {saved[key]}, expected {wanted[key]}"
+             for key in sorted(saved.keys() & wanted.keys(), key=params_first) if saved[key] != wanted[key]]
+    found += [f"{key}: only in the checkpoint" for key in sorted(saved.keys() - wanted.keys())]
+    found += [f"{key}: not in the checkpoint" for key in sorted(wanted.keys() - saved.keys())]
+    return found
+
+  def discard_from(self, step):
+    """Deletes the checkpoints of `step` and later (once any save in flight is done)."""
+    self._manager.wait_until_finished()
+    for saved in self._manager.all_steps():
+      if saved >= step:
+        self._manager.delete(saved)
 
   def close(self):
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _shapes(tree):
+  """{'params/Dense_0/kernel': 'float32[64,256]'}, whatever the containers (dict, dataclass, tuple)."""
+  def name(key):
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  return {"/".join(name(k) for k in path): f"{leaf.dtype}[{','.join(map(str, leaf.shape))}]"
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}

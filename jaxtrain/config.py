@@ -1,10 +1,11 @@
-"""Reading experiment configs: every key must be read, durations in any unit.
+"""Reading experiment configs: every key must be read, with its type; durations in any unit.
 
 A run reads its `ml_collections.ConfigDict` through a `Reader`, which records each key it
 hands out. Once everything is built, `check_all_read` fails on any key that nothing read
-(almost always a typo), naming it and suggesting the closest key the run did look for.
+(almost always a typo), naming it and suggesting the closest key the run looked for.
 """
 
+import difflib
 import importlib
 import math
 
@@ -12,14 +13,18 @@ import ml_collections
 
 from jaxtrain.errors import UserError, did_you_mean
 
-_REQUIRED = object()
+REQUIRED = object()
+
+# The type a value must have, given the type its default has (ints pass for floats).
+_ACCEPTS = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
 
 
 class Reader:
   """Read-only view of a ConfigDict that records the keys the run reads.
 
-  `r.a.b` reads a required key; `r.get('a', default)` an optional one. Sub-dicts come
-  back as Readers sharing the same record, so `check_all_read` sees the whole tree.
+  `r.a.b` reads a required key; `r.get('a', default)` an optional one, which must have
+  the type of its default (or `kind`). Sub-dicts come back as Readers sharing the same
+  record, so `check_all_read` sees the whole tree.
   """
 
   def __init__(self, config, path="", record=None):
@@ -34,7 +39,7 @@ class Reader:
   def __getattr__(self, name):
     if name.startswith("_"):
       raise AttributeError(name)
-    return self.get(name, _REQUIRED)
+    return self.get(name, REQUIRED)
 
   def __contains__(self, name):
     return name in self._config and self._config[name] is not None
@@ -42,25 +47,33 @@ class Reader:
   def keys(self):
     return list(self._config.keys())
 
-  def get(self, name, default=None):
+  def get(self, name, default=None, kind=None):
     path = self.path(name)
     if name not in self._config or self._config[name] is None:
       self._record["asked"].add(path)
-      if default is _REQUIRED:
+      if default is REQUIRED:
         others = [k for k in self.keys() if k != name]
-        raise UserError(f"config key '{path}' is required but not set{did_you_mean(name, others)}")
+        raise UserError(f"config key '{path}' is required but not set"
+                        f"{did_you_mean(name, others, prefix=self.path(''))}")
       return default
     value = self._config[name]
     if isinstance(value, (ml_collections.ConfigDict, dict)):
       self._record["asked"].add(path)
       return Reader(value, path, self._record)
     self._record["read"].add(path)
+    kind = kind or (type(default) if type(default) in _ACCEPTS else None)
+    if kind and (not isinstance(value, _ACCEPTS[kind]) or (kind is not bool and isinstance(value, bool))):
+      raise UserError(f"config key '{path}' must be {kind.__name__}, got {value!r}")
     return value
 
   def section(self, name):
     """The sub-dict `name`, or an empty one where the config has none."""
     value = self.get(name)
-    return value if value is not None else Reader({}, self.path(name), self._record)
+    if value is None:
+      return Reader({}, self.path(name), self._record)
+    if not isinstance(value, Reader):
+      raise UserError(f"config key '{self.path(name)}' must be a section (a dict of keys), got {value!r}")
+    return value
 
   def to_dict(self):
     """All keys below this point as a plain dict; marks every one of them read."""
@@ -81,10 +94,13 @@ class Reader:
     return rest
 
 
-def unknown_key(section, key, accepted, owner):
-  """The error for a key that `owner` (e.g. "model 'cnn'") does not take."""
-  close = did_you_mean(key, accepted, prefix=section.path(""))
-  return UserError(f"unknown config key '{section.path(key)}'{close}; {owner} takes {', '.join(sorted(accepted))}")
+def check_kwargs(section, kwargs, accepted, owner):
+  """Raises for the first of `kwargs` that `owner` (e.g. "model 'cnn'") does not accept."""
+  for key in kwargs:
+    if key not in accepted:
+      close = did_you_mean(key, accepted, prefix=section.path(""))
+      raise UserError(f"unknown config key '{section.path(key)}'{close}; {owner} takes "
+                      f"{', '.join(sorted(accepted))}")
 
 
 def _leaves(config, prefix=""):
@@ -111,10 +127,13 @@ def check_all_read(reader):
   unread = unread_keys(reader)
   if unread:
     record = reader._record  # pylint: disable=protected-access
-    known = record["read"] | record["asked"]
     first = unread[0]
+    parent, _, leaf = first.rpartition(".")
+    # Suggest only keys of the same section: 'schedule.end_factor' is not 'schedule.name'.
+    siblings = {k.rpartition(".")[2] for k in record["read"] | record["asked"] if k.rpartition(".")[0] == parent}
+    close = did_you_mean(leaf, siblings - {leaf}, prefix=f"{parent}." if parent else "")
     more = f" (and {len(unread) - 1} more: {', '.join(unread[1:])})" if len(unread) > 1 else ""
-    raise UserError(f"unknown config key '{first}'{did_you_mean(first, known)}; nothing reads it{more}")
+    raise UserError(f"unknown config key '{first}'{close}; nothing reads it with these settings{more}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -124,33 +143,58 @@ def check_all_read(reader):
 UNITS = ("steps", "epochs", "examples")
 
 
-def steps(reader, prefix, *, steps_per_epoch, batch_size, default=_REQUIRED):
+def steps(reader, prefix, *, steps_per_epoch, batch_size, default=REQUIRED, allow_zero=False):
   """Reads `{prefix}_steps`, `{prefix}_epochs` or `{prefix}_examples` as a step count.
 
-  Exactly one of the three may be set. Epochs may be fractional; the result is rounded up
-  so that a duration is never zero steps.
+  Exactly one of the three may be set. Epochs may be fractional; a positive duration is
+  rounded up, so it is never zero steps. A unit set to 0 beside a positive one counts as
+  unset, so the command line can switch units: --config.total_epochs=0 --config.total_steps=500.
   """
+  names = [f"{prefix}_{unit}" for unit in UNITS]
   given = {unit: reader.get(f"{prefix}_{unit}") for unit in UNITS if f"{prefix}_{unit}" in reader}
-  names = [reader.path(f"{prefix}_{unit}") for unit in UNITS]
+  if any(value != 0 for value in given.values()):
+    given = {unit: value for unit, value in given.items() if value != 0}
   if len(given) > 1:
     raise UserError(f"set only one of {', '.join(reader.path(f'{prefix}_{u}') for u in given)}")
   if not given:
-    for unit in UNITS:  # Recorded as asked for, so that a typo gets a suggestion.
-      reader.get(f"{prefix}_{unit}")
-    if default is _REQUIRED:
-      raise UserError(f"set one of {', '.join(names)}")
+    for name in names:  # Recorded as asked for, so that a typo gets a suggestion.
+      reader.get(name)
+    if default is REQUIRED:
+      near = [k for k in reader.keys() if k not in names and difflib.get_close_matches(k, names, n=1, cutoff=0.8)]
+      hint = f" ('{reader.path(near[0])}' is set: a typo?)" if near else ""
+      raise UserError(f"set one of {', '.join(reader.path(n) for n in names)}{hint}")
     return default
   (unit, value), = given.items()
-  if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-    raise UserError(f"config key '{reader.path(f'{prefix}_{unit}')}' must be a positive number, got {value!r}")
+  path = reader.path(f"{prefix}_{unit}")
+  number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  if not number or value < 0 or (value == 0 and not allow_zero):
+    raise UserError(f"config key '{path}' must be a {'non-negative' if allow_zero else 'positive'} number, "
+                    f"got {value!r}")
+  if value == 0:
+    return 0
   if unit == "steps":
     if value != int(value):
-      raise UserError(f"config key '{reader.path(f'{prefix}_steps')}' must be a whole number, got {value!r}")
+      raise UserError(f"config key '{path}' must be a whole number, got {value!r}")
     return int(value)
   # Rounded before the ceiling so that 2.2 epochs of 25 steps is 55 steps, not 56.
   if unit == "epochs":
     return max(1, math.ceil(round(value * steps_per_epoch, 6)))
   return max(1, math.ceil(round(value / batch_size, 6)))
+
+
+def duration(prefix, *, steps=None, epochs=None, examples=None):
+  """Config entries for a duration in one unit, the other two typed placeholders, so that
+  `--config.{prefix}_steps=N` (with the set unit zeroed) or fractional epochs work from the
+  command line:  c.update(duration("total", epochs=40))."""
+  return {f"{prefix}_steps": ml_collections.FieldReference(steps, field_type=int),
+          f"{prefix}_epochs": ml_collections.FieldReference(
+              None if epochs is None else float(epochs), field_type=float),
+          f"{prefix}_examples": ml_collections.FieldReference(examples, field_type=int)}
+
+
+def due(step, every_steps, total_steps):
+  """Whether something done every `every_steps` (None: only at the end) is due at `step`."""
+  return step == total_steps or (every_steps is not None and step % every_steps == 0)
 
 
 # ---------------------------------------------------------------------------------------

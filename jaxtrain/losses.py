@@ -30,7 +30,5 @@ def build(loss_config):
   fn = LOSSES.get(loss_config.name)
   kwargs = loss_config.take("name")
   accepted = [p for p in inspect.signature(fn).parameters if p not in ("logits", "labels")]
-  for key in kwargs:
-    if key not in accepted:
-      raise config_lib.unknown_key(loss_config, key, accepted + ["name"], f"loss '{loss_config.name}'")
+  config_lib.check_kwargs(loss_config, kwargs, accepted + ["name"], f"loss '{loss_config.name}'")
   return lambda logits, labels: fn(logits, labels, **kwargs)

@@ -15,14 +15,19 @@ import numpy as np
 
 
 class Writer:
+  """Appends to the run's metrics; a resumed run first drops the rows after its step."""
 
-  def __init__(self, workdir):
+  def __init__(self, workdir, start_step=0):
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+    path = os.path.join(workdir, "metrics.jsonl")
+    _drop_rows_after(path, start_step)
+    self._jsonl = open(path, "a", encoding="utf-8")
+    # purge_step hides the events the interrupted run wrote after the checkpoint.
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30,
+                             purge_step=start_step + 1 if start_step else None)
 
   def write(self, step, metrics):
     if not self.enabled:
@@ -40,6 +45,19 @@ class Writer:
       self._tb.close()
 
 
+def _drop_rows_after(path, step):
+  """Rewrites metrics.jsonl without rows past `step` (atomically: a crash loses nothing)."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+  if len(kept) < len(lines):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)
+
+
 def _plain(value):
   return value if isinstance(value, (int, float, str)) else np.asarray(value).item()
 
@@ -51,7 +69,6 @@ class Progress:
     self.total_steps, self.batch_size = total_steps, batch_size
     self._last_step, self._last_time = first_step, time.perf_counter()
     self._paused = 0.0
-    self.train_seconds = 0.0
 
   @contextlib.contextmanager
   def pause(self):
@@ -67,7 +84,6 @@ class Progress:
     now = time.perf_counter()
     seconds = max(now - self._last_time - self._paused, 1e-9)
     steps_per_sec = (step - self._last_step) / seconds
-    self.train_seconds += seconds
     self._last_step, self._last_time, self._paused = step, now, 0.0
     eta = (self.total_steps - step) / steps_per_sec if steps_per_sec > 0 else float("inf")
     return {"steps_per_sec": steps_per_sec, "examples_per_sec": steps_per_sec * self.batch_size,

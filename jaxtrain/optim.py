@@ -39,21 +39,22 @@ def decay_mask(params):
 
 def build(optimizer, schedule, *, total_steps, steps_per_epoch, batch_size):
   """Returns (optax transformation, schedule function of the step)."""
-  lr_fn = build_schedule(schedule, optimizer.lr, total_steps=total_steps,
+  lr = _non_negative(optimizer, "lr", optimizer.get("lr", config_lib.REQUIRED, kind=float))
+  lr_fn = build_schedule(schedule, lr, total_steps=total_steps,
                          steps_per_epoch=steps_per_epoch, batch_size=batch_size)
   name = optimizer.name
   if name not in _SCALERS:
     raise UserError(f"unknown optimizer '{name}'{did_you_mean(name, _SCALERS)}; known: {', '.join(_SCALERS)}")
-  weight_decay = optimizer.get("weight_decay", 0.0)
+  weight_decay = _non_negative(optimizer, "weight_decay", optimizer.get("weight_decay", 0.0))
   if weight_decay and name == "adam":
     raise UserError("optimizer 'adam' has no weight decay; use optimizer.name='adamw' for decoupled weight decay")
-  clip = optimizer.get("grad_clip_norm")
+  clip = optimizer.get("grad_clip_norm", kind=float)
+  if clip is not None and not clip > 0:
+    raise UserError(f"config key '{optimizer.path('grad_clip_norm')}' must be positive, got {clip!r}")
   scaler = _SCALERS[name]
   kwargs = optimizer.take("name", "lr", "weight_decay", "grad_clip_norm")
-  accepted = list(inspect.signature(scaler).parameters) + ["lr", "weight_decay", "grad_clip_norm"]
-  for key in kwargs:
-    if key not in accepted:
-      raise config_lib.unknown_key(optimizer, key, accepted, f"optimizer '{name}'")
+  accepted = list(inspect.signature(scaler).parameters) + ["name", "lr", "weight_decay", "grad_clip_norm"]
+  config_lib.check_kwargs(optimizer, kwargs, accepted, f"optimizer '{name}'")
   parts = [optax.clip_by_global_norm(clip)] if clip else []
   parts.append(scaler(**kwargs))
   if weight_decay:
@@ -62,11 +63,17 @@ def build(optimizer, schedule, *, total_steps, steps_per_epoch, batch_size):
   return optax.chain(*parts), lr_fn
 
 
+def _non_negative(section, key, value):
+  if value < 0:
+    raise UserError(f"config key '{section.path(key)}' must be non-negative, got {value!r}")
+  return value
+
+
 def build_schedule(schedule, lr, *, total_steps, steps_per_epoch, batch_size):
   """Linear warmup from 0 to `lr`, then the named decay over the remaining steps."""
   durations = dict(steps_per_epoch=steps_per_epoch, batch_size=batch_size)
   name = schedule.get("name", "constant")
-  warmup = config_lib.steps(schedule, "warmup", default=0, **durations)
+  warmup = config_lib.steps(schedule, "warmup", default=0, allow_zero=True, **durations)
   if warmup >= total_steps:
     raise UserError(f"the warmup ({warmup} steps) must be shorter than training ({total_steps} steps)")
   decay_steps = total_steps - warmup
@@ -77,7 +84,7 @@ def build_schedule(schedule, lr, *, total_steps, steps_per_epoch, batch_size):
   elif name == "linear":
     main = optax.linear_schedule(lr, lr * schedule.get("end_factor", 0.0), decay_steps)
   elif name == "rsqrt":
-    timescale = schedule.get("timescale", max(warmup, 1))
+    timescale = schedule.get("timescale", float(max(warmup, 1)))
     if not timescale > 0:
       raise UserError(f"schedule.timescale must be positive, got {timescale!r}")
     main = lambda step: lr * jax.lax.rsqrt(1.0 + step / timescale)

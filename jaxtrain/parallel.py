@@ -45,8 +45,13 @@ class Strategy:
     shapes = jax.eval_shape(create_fn)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
 
-  def compile_train_step(self, train_step):
-    return jax.jit(train_step, out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+  def abstract_batch(self, local_batch):
+    """The global batch's shapes and shardings, given this process's numpy batch."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        (x.shape[0] * self.process_count,) + x.shape[1:], x.dtype, sharding=self.batch_sharding), local_batch)
 
-  def compile_eval_step(self, eval_step):
-    return jax.jit(eval_step, out_shardings=self.replicated)
+  def compile_step(self, step_fn, abstract_state, local_batch, *, donate):
+    """`step_fn(state, batch)` compiled ahead of time for these shapes: it cannot
+    recompile in the loop, and a shape mismatch fails now rather than at the first call."""
+    jitted = jax.jit(step_fn, out_shardings=self.replicated, donate_argnums=0 if donate else ())
+    return jitted.lower(abstract_state, self.abstract_batch(local_batch)).compile()

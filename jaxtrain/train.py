@@ -1,8 +1,8 @@
 """The training loop: config in, trained and evaluated model out, everything in `workdir`.
 
-Read it top to bottom: build everything from the config (failing fast on any mistake),
-prepare the work directory, start fresh or resume, then loop. The loop never waits for
-the device except when it logs, evaluates or saves.
+Read it top to bottom: build everything from the config and compile every step (so any
+mistake fails before the work directory is touched), start fresh or resume, then loop.
+The loop never waits for the device except when it logs, saves or evaluates.
 """
 
 import functools
@@ -26,7 +26,11 @@ from jaxtrain.errors import UserError
 
 
 class NonFiniteLoss(UserError):
-  """The loss became NaN or infinite."""
+  """The loss became NaN or infinite at `step`."""
+
+  def __init__(self, message, step):
+    super().__init__(message)
+    self.step = step
 
 
 def run(config, workdir):
@@ -36,11 +40,14 @@ def run(config, workdir):
   """
   cfg = config_lib.Reader(config)
   strategy = parallel.Strategy()
-  seed = cfg.seed
+  seed = cfg.get("seed", 0)
+  if seed < 0:
+    raise UserError(f"config key 'seed' must be a non-negative int, got {seed}")
 
   # ---- Input ------------------------------------------------------------------------
   batch_size = cfg.input.batch_size
   strategy.check_batch_size(batch_size, "input.batch_size")
+  data_dir = cfg.input.data.get("data_dir", kind=str)
   train_source = data.open_from_config(cfg.input.data)
   steps_per_epoch = len(train_source) // batch_size
   durations = dict(steps_per_epoch=steps_per_epoch, batch_size=batch_size)
@@ -49,45 +56,48 @@ def run(config, workdir):
   train_ds = data.pipeline.train_dataset(
       train_source, preprocess=data.ops.parse(cfg.input.pp), global_batch_size=batch_size, seed=seed,
       process_index=strategy.process_index, process_count=strategy.process_count)
+  num_threads = _at_least(cfg.input, "num_threads", 2, minimum=1)
+  prefetch = _at_least(cfg.input, "prefetch", 4, minimum=1)
 
-  # ---- Model, loss, optimizer, evaluators, checkpoints --------------------------------
+  # ---- Model, loss, optimizer ---------------------------------------------------------
   model = models.build(cfg.model)
   loss_fn = losses.build(cfg.loss)
-  tx, lr_fn = optim.build(cfg.optimizer, cfg.section("schedule"),
-                          total_steps=total_steps, **durations)
-  evaluators = evals.build_all(cfg.section("evals"), durations=durations, model=model, loss_fn=loss_fn,
-                               strategy=strategy, batch_size=batch_size)
+  tx, lr_fn = optim.build(cfg.optimizer, cfg.section("schedule"), total_steps=total_steps, **durations)
+  first_batch = train_ds[0]
+  example_input = np.zeros((1,) + first_batch["image"].shape[1:], first_batch["image"].dtype)
+  create = functools.partial(step_lib.create_state, model, tx, example_input, seed)
+  abstract_state = _must_fit("model", lambda: strategy.abstract_state(create))
+  train_step = _must_fit("input.pp, model and loss", lambda: strategy.compile_step(
+      step_lib.make_train_step(model, tx, loss_fn, lr_fn), abstract_state, first_batch, donate=True))
+
+  # ---- Evaluators and checkpoints -----------------------------------------------------
+  context = evals.Context(model=model, loss_fn=loss_fn, strategy=strategy, batch_size=batch_size,
+                          data_dir=data_dir, abstract_state=abstract_state)
+  evaluators = _must_fit("evals", lambda: evals.build_all(cfg.section("evals"), context, durations))
   ckpt_config = cfg.section("checkpoint")
   ckpt_every = config_lib.steps(ckpt_config, "every", default=None, **durations)
-  ckpt_keep = ckpt_config.get("keep", 3)
-  num_threads = cfg.input.get("num_threads", 2)
-  prefetch = cfg.input.get("prefetch", 4)
+  ckpt_keep = _at_least(ckpt_config, "keep", 3, minimum=1)
   config_lib.check_all_read(cfg)  # Every key was read: nothing in the config is a typo.
 
-  # ---- Work directory -----------------------------------------------------------------
-  _prepare_workdir(workdir, config)
-  writer = metrics_lib.Writer(workdir)
+  # ---- Work directory: fresh start or resume ------------------------------------------
+  _check_workdir(workdir)
   ckpt = checkpoint.Checkpointer(workdir, every_steps=ckpt_every, keep=ckpt_keep)
-
-  # ---- Fresh start or resume ----------------------------------------------------------
-  first_images = train_ds[0]["image"]
-  example_input = np.zeros((1,) + first_images.shape[1:], first_images.dtype)
-  create = functools.partial(step_lib.create_state, model, tx, example_input, seed)
   train_iter = data.pipeline.iterate(train_ds, num_threads=num_threads, prefetch=prefetch)
+  pending = []  # Per-step metrics since the last log: on the device until the next log.
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(ckpt.latest_step(), strategy.abstract_state(create), train_iter)
+    state, pending = ckpt.restore(ckpt.latest_step(), abstract_state, train_iter)
     logging.info("Resumed from checkpoint at step %d.", int(state.step))
   else:
     state = strategy.init(create)
   first_step = int(state.step)
+  _write_config(workdir, config)
+  writer = metrics_lib.Writer(workdir, start_step=first_step)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info("%s: %s parameters, %d steps (%d per epoch), global batch %d, %d devices.",
+  logging.info("%s: %s parameters, %d steps (%d per epoch), global batch %d, devices: %d.",
                cfg.model.name, f"{num_params:,}", total_steps, steps_per_epoch, batch_size, jax.device_count())
-  train_step = strategy.compile_train_step(step_lib.make_train_step(model, tx, loss_fn, lr_fn))
 
   # ---- Loop ---------------------------------------------------------------------------
   progress = metrics_lib.Progress(first_step, total_steps, batch_size)
-  pending = []  # Per-step metrics, still on the device until the next log.
   last = {}
   try:
     for step in range(first_step + 1, total_steps + 1):
@@ -105,45 +115,79 @@ def run(config, workdir):
 
       due = [scheduled for scheduled in evaluators if scheduled.due(step, total_steps)]
       if due or ckpt.due(step, total_steps):
-        with progress.pause():  # Rates count training only.
+        jax.block_until_ready(state)  # The steps in flight are training time, not evaluation.
+        with progress.pause():
+          pending = _on_host(pending)
+          _check_finite(pending, first_step=step - len(pending) + 1)  # Never save or evaluate a diverged state.
+          if ckpt.due(step, total_steps):
+            ckpt.save(step, state, train_iter, pending)  # Asynchronous: written while the evaluators run.
           for scheduled in due:
             result = scheduled.evaluator.run(state)
             row = {f"{scheduled.name}/{k}": v for k, v in result.items()}
             writer.write(step, row)
             metrics_lib.log(metrics_lib.eval_line(scheduled.name, result))
             last.update(row)
-          if ckpt.due(step, total_steps):
-            _check_finite(pending, first_step=step - len(pending) + 1)  # Never save a diverged state.
-            ckpt.save(step, state, train_iter)
+  except NonFiniteLoss as e:
+    # The state saved just before the bad step produced it: not a good one to resume from.
+    ckpt.discard_from(max(e.step - 1, first_step + 1))
+    raise
   finally:
-    ckpt.close()  # Waits for a save in flight: it holds a good state.
+    ckpt.close()  # Waits for a save in flight.
     writer.close()
   return last
 
 
-def _prepare_workdir(workdir, config):
+def _at_least(section, key, default, *, minimum):
+  value = section.get(key, default)
+  if value < minimum:
+    raise UserError(f"config key '{section.path(key)}' must be at least {minimum}, got {value}")
+  return value
+
+
+def _must_fit(what, build):
+  """Runs `build` (which traces or compiles); an error there is a config mistake in `what`."""
+  try:
+    return build()
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    why = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    raise UserError(f"{what} do not fit together: {type(e).__name__}: {why[:300]}") from e
+
+
+def _check_workdir(workdir):
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"--workdir={workdir} is a file, not a directory; pick another path")
   try:
     os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
   except OSError as e:
-    raise UserError(f"cannot write to --workdir={workdir}: {e.strerror}; pick a writable directory") from None
+    raise UserError(f"cannot create --workdir={workdir}: {e.strerror}; pick a writable directory") from None
+  if not os.access(workdir, os.W_OK):
+    raise UserError(f"--workdir={workdir} is not writable; pick a writable directory")
+
+
+def _write_config(workdir, config):
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def _on_host(pending):
+  """Per-step metrics as plain floats, fetched from the device in one transfer."""
+  return [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
 
 
 def _mean_of(pending, first_step):
-  """Averages per-step metrics fetched from the device in one transfer."""
-  values = jax.device_get(pending)
+  values = _on_host(pending)
   _check_finite(values, first_step)
   return {k: float(np.mean([v[k] for v in values])) for k in values[0]}
 
 
-def _check_finite(pending, first_step):
-  losses_ = np.asarray(jax.device_get([m["loss"] for m in pending]))
+def _check_finite(values, first_step):
+  """Raises NonFiniteLoss for the first bad loss in `values` (host floats)."""
+  losses_ = np.asarray([m["loss"] for m in values])
   bad = np.flatnonzero(~np.isfinite(losses_))
   if bad.size:
-    raise NonFiniteLoss(f"loss is {losses_[bad[0]]} at step {first_step + bad[0]}; lower optimizer.lr or "
-                        f"set optimizer.grad_clip_norm (checkpoints up to the last good step are kept)")
-
+    step = first_step + int(bad[0])
+    raise NonFiniteLoss(f"loss is {losses_[bad[0]]} at step {step}; lower optimizer.lr or set "
+                        f"optimizer.grad_clip_norm (only checkpoints whose state gave a finite loss are kept)", step)

@@ -84,7 +84,6 @@ def make_bare_loop(config):
   model_state = dict(variables)
   opt_state = tx.init(params)
 
-  @jax.jit
   def step(params, model_state, opt_state, batch, rng):
     def loss_of(p):
       (logits, _), new_state = model.apply({"params": p, **model_state}, batch["image"], train=True,
@@ -94,7 +93,7 @@ def make_bare_loop(config):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), new_state, opt_state, loss
 
-  step = jax.jit(step.__wrapped__, donate_argnums=(0, 1, 2))
+  step = jax.jit(step, donate_argnums=(0, 1, 2))
   rng = jax.random.PRNGKey(1)
 
   def run(num_steps):

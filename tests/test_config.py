@@ -136,7 +136,7 @@ def test_required_missing_key_raises_with_full_path():
 
 def test_required_missing_key_suggests_close_key():
   r = make_reader(optimizer=dict(name="adam", lrr=0.1))
-  with pytest.raises(UserError, match=r"'optimizer\.lr' is required but not set \(did you mean 'lrr'\?\)"):
+  with pytest.raises(UserError, match=r"'optimizer\.lr' is required but not set \(did you mean 'optimizer\.lrr'\?\)"):
     r.optimizer.lr  # pylint: disable=pointless-statement
 
 
@@ -195,34 +195,21 @@ def test_steps_from_float_whole_steps_is_int():
   assert isinstance(n, int)
 
 
-def test_steps_from_epochs():
-  r = make_reader(total_epochs=40)
-  assert config_lib.steps(r, "total", steps_per_epoch=11, batch_size=128) == 440
-
-
-def test_steps_from_fractional_epochs_rounds_up():
-  r = make_reader(warmup_epochs=2.5)
-  assert config_lib.steps(r, "warmup", steps_per_epoch=11, batch_size=128) == 28  # 27.5 -> 28.
-
-
-def test_steps_from_tiny_epochs_is_at_least_one():
-  r = make_reader(every_epochs=0.01)
-  assert config_lib.steps(r, "every", steps_per_epoch=10, batch_size=128) == 1
+@pytest.mark.parametrize("key, value, expected", [
+    ("total_epochs", 40, 440),
+    ("total_epochs", 2.5, 28),       # 27.5 -> 28: fractions round up.
+    ("total_epochs", 0.01, 1),       # Never zero steps.
+    ("total_examples", 1000, 8),     # 7.8 -> 8.
+    ("total_examples", 1024, 8),
+])
+def test_steps_converts_epochs_and_examples(key, value, expected):
+  r = make_reader(**{key: value})
+  assert config_lib.steps(r, "total", steps_per_epoch=11, batch_size=128) == expected
 
 
 def test_steps_from_epochs_exact_product_is_not_rounded_past():
-  r = make_reader(total_epochs=2.2)
+  r = make_reader(total_epochs=2.2)  # 2.2 * 25 is 55.00000000000001 in floating point.
   assert config_lib.steps(r, "total", steps_per_epoch=25, batch_size=128) == 55
-
-
-def test_steps_from_examples_rounds_up():
-  r = make_reader(total_examples=1000)
-  assert config_lib.steps(r, "total", steps_per_epoch=11, batch_size=128) == 8  # 7.8 -> 8.
-
-
-def test_steps_from_examples_exact():
-  r = make_reader(total_examples=1024)
-  assert config_lib.steps(r, "total", steps_per_epoch=11, batch_size=128) == 8
 
 
 def test_steps_reads_the_key():

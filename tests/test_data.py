@@ -128,7 +128,7 @@ def test_in_memory_source_chunks_join_up(data_dir):
 def test_tfds_data_dir_env_is_used_without_data_dir(data_dir, monkeypatch, no_network):
   del no_network
   monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
-  monkeypatch.setattr(sources, "_prepare", lambda builder: pytest.fail("rebuilt instead of using $TFDS_DATA_DIR"))
+  monkeypatch.setattr(sources, "_build", lambda builder: pytest.fail("rebuilt instead of using $TFDS_DATA_DIR"))
   assert sources.data_dir_for(None) == data_dir
   assert len(open_source("digits", "test")) == 359
 
@@ -203,7 +203,8 @@ def test_value_range_with_input_range():
 
 def test_onehot_out_of_range_label_raises():
   fn = ops.parse("onehot(3)")
-  with pytest.raises(ValueError, match=r"outside onehot\(3\)"):
+  with pytest.raises(UserError, match=r"input.pp: op 'onehot\(3\)' failed on a batch with keys label: "
+                                     r"ValueError: a label of 'label' is outside onehot\(3\): 0..3"):
     fn({"label": np.array([0, 3])}, None)
 
 
@@ -213,7 +214,7 @@ def test_rename():
 
 
 def test_keep_missing_key_raises():
-  with pytest.raises(KeyError, match="the batch has no"):
+  with pytest.raises(UserError, match="the batch has no"):
     ops.parse("keep('labels')")({"label": np.arange(2)}, None)
 
 

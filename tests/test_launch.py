@@ -35,6 +35,21 @@ def test_digits_runs_from_the_command_line(tfds_dir, tmp_path):
   assert sorted(os.listdir(workdir / "checkpoints")) == ["11", "22"]
 
 
+def test_the_command_line_can_switch_duration_units_and_the_data_directory(tmp_path):
+  workdir, data_dir = tmp_path / "run", tmp_path / "data"
+  result = launch(f"--config={DIGITS}:mlp", f"--workdir={workdir}", f"--config.input.data.data_dir={data_dir}",
+                  "--config.total_epochs=0", "--config.total_steps=12", "--config.log_every_steps=6",
+                  "--config.schedule.warmup_epochs=0.5", "--config.evals.val.every_epochs=0",
+                  "--config.evals.val.every_steps=6", "--config.checkpoint.every_epochs=0",
+                  "--config.checkpoint.every_steps=12")
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [(r["step"], r.get("val/num_examples")) for r in rows] == [(6, None), (6, 359), (12, None), (12, 359)]
+  # Training and evaluation both read (and built) digits in the given directory, not in $TFDS_DATA_DIR.
+  assert (data_dir / "digits" / "1.0.0" / "dataset_info.json").exists()
+  assert "Preparing dataset digits" in result.stderr and result.stderr.count("Preparing dataset") == 1
+
+
 def test_a_mistyped_key_in_a_config_file_is_one_line_and_touches_nothing(tfds_dir, tmp_path):
   config = tmp_path / "typo.py"
   config.write_text(f"import importlib.util\n"
@@ -50,7 +65,7 @@ def test_a_mistyped_key_in_a_config_file_is_one_line_and_touches_nothing(tfds_di
   assert result.returncode == 2
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert errors == ["error: unknown config key 'optimizer.lrr' (did you mean 'optimizer.lr'?); "
-                    "optimizer 'adamw' takes b1, b2, eps, grad_clip_norm, lr, weight_decay"]
+                    "optimizer 'adamw' takes b1, b2, eps, grad_clip_norm, lr, name, weight_decay"]
   assert "Traceback" not in result.stderr
   assert not workdir.exists()
 
@@ -71,7 +86,7 @@ def test_an_override_of_a_key_the_config_lacks_is_one_line(tfds_dir, tmp_path):
 def test_an_override_of_the_wrong_type_is_one_line(tfds_dir, tmp_path):
   result = launch(f"--config={DIGITS}", f"--workdir={tmp_path / 'run'}", "--config.total_epochs=abc")
   assert result.returncode == 2
-  assert errors_of(result) == ["error: flag --config.total_epochs=abc: invalid literal for int() with base 10: 'abc'"]
+  assert errors_of(result) == ["error: flag --config.total_epochs=abc: could not convert string to float: 'abc'"]
 
 
 def test_a_missing_config_file_is_one_line(tmp_path):

@@ -279,7 +279,6 @@ def test_unknown_optimizer_argument_is_named_with_suggestion():
     build(name="sgd", momentun=0.9)
   message = str(err.value)
   assert "'optimizer.momentun'" in message
-  # The suggestion may name the key alone or with its section.
   assert re.search(r"did you mean 'optimizer\.momentum'", message)
 
 

@@ -280,11 +280,13 @@ def test_strategy_init_matches_create_state(strategy):
   assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(placed))
 
 
-def test_compile_train_step_donates_the_state(strategy):
+def test_compile_step_donates_the_train_state(strategy):
   model, tx, loss_fn, lr_fn, _ = build(MLP)
   example = np.zeros((1, 4, 4, 1), np.float32)
-  state = strategy.init(lambda: step_lib.create_state(model, tx, example, 0))
-  train_step = strategy.compile_train_step(step_lib.make_train_step(model, tx, loss_fn, lr_fn))
+  create = lambda: step_lib.create_state(model, tx, example, 0)
+  state = strategy.init(create)
+  train_step = strategy.compile_step(step_lib.make_train_step(model, tx, loss_fn, lr_fn),
+                                     strategy.abstract_state(create), make_batch(), donate=True)
   batch = strategy.shard(make_batch())
   new_state, metrics = train_step(state, batch)
   assert all(x.is_deleted() for x in jax.tree.leaves(state.params))
@@ -294,11 +296,14 @@ def test_compile_train_step_donates_the_state(strategy):
   assert np.isfinite(float(metrics["loss"]))
 
 
-def test_compile_eval_step_keeps_the_state(strategy):
+def test_compile_step_without_donation_keeps_the_state(strategy):
   model, tx, loss_fn, _, _ = build(MLP)
   example = np.zeros((1, 4, 4, 1), np.float32)
-  state = strategy.init(lambda: step_lib.create_state(model, tx, example, 0))
-  eval_step = strategy.compile_eval_step(step_lib.make_eval_step(model, loss_fn))
-  batch = strategy.shard({**make_batch(), "_mask": np.ones(BATCH, np.float32)})
+  create = lambda: step_lib.create_state(model, tx, example, 0)
+  state = strategy.init(create)
+  local_batch = {**make_batch(), "_mask": np.ones(BATCH, np.float32)}
+  eval_step = strategy.compile_step(step_lib.make_eval_step(model, loss_fn), strategy.abstract_state(create),
+                                    local_batch, donate=False)
+  batch = strategy.shard(local_batch)
   assert int(eval_step(state, batch)["count"]) == BATCH
   assert not any(x.is_deleted() for x in jax.tree.leaves(state))

@@ -69,24 +69,43 @@ def test_run_writes_config_metrics_tensorboard_and_checkpoints(tfds_dir, tmp_pat
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20", "30"]
 
 
-def test_rerun_resumes_from_the_newest_checkpoint_and_matches_an_uninterrupted_run(tfds_dir, tmp_path):
+def drop_timing(rows):
+  return [{k: v for k, v in r.items() if not k.endswith(("_per_sec", "eta_seconds"))} for r in rows]
+
+
+@pytest.mark.parametrize("checkpoint_every", [10, 15])  # On a log step, and between two.
+def test_rerun_resumes_from_the_newest_checkpoint_and_matches_an_uninterrupted_run(
+    tfds_dir, tmp_path, checkpoint_every):
+  config = tiny_config()
+  config.checkpoint.every_steps = checkpoint_every
   workdir = str(tmp_path / "run")
-  train.run(tiny_config(), workdir)
+  train.run(config, workdir)
   uninterrupted = restore_params(workdir, 30)
-  uninterrupted_rows = read_rows(workdir)
+  uninterrupted_rows = drop_timing(read_rows(workdir))
 
-  # As if the run had died after saving step 20: the same command carries on from there.
+  # As if the run had died just before saving step 30: the same command carries on.
   shutil.rmtree(os.path.join(workdir, "checkpoints", "30"))
-  os.remove(os.path.join(workdir, "metrics.jsonl"))
-  train.run(tiny_config(), workdir)
+  train.run(config, workdir)
 
-  resumed_rows = read_rows(workdir)
-  assert [r["step"] for r in resumed_rows if "train/loss" in r] == [30]
-  same_step = [r for r in uninterrupted_rows if r["step"] == 30 and "train/loss" in r][0]
-  assert resumed_rows[0]["train/loss"] == same_step["train/loss"]
+  # Rows after the checkpoint are replaced, not repeated, and the same to the last bit: the
+  # checkpoint of step 15 carries the metrics of steps 11-15 into the row of step 20.
+  assert drop_timing(read_rows(workdir)) == uninterrupted_rows
   resumed = restore_params(workdir, 30)
   for a, b in zip(jax.tree.leaves(uninterrupted), jax.tree.leaves(resumed), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_train_rows_average_every_step_of_their_interval(tfds_dir, tmp_path):
+  every_step, every_ten = tiny_config(), tiny_config()
+  every_step.log_every_steps = 1
+  train.run(every_step, str(tmp_path / "a"))
+  train.run(every_ten, str(tmp_path / "b"))
+  fine = [r for r in read_rows(str(tmp_path / "a")) if "train/loss" in r]
+  coarse = [r for r in read_rows(str(tmp_path / "b")) if "train/loss" in r]
+  for row in coarse:
+    interval = [r for r in fine if row["step"] - 10 < r["step"] <= row["step"]]
+    for key in ("train/loss", "train/accuracy", "train/grad_norm", "train/lr"):
+      np.testing.assert_allclose(row[key], np.mean([r[key] for r in interval]), rtol=1e-6)
 
 
 def test_a_finished_run_started_again_does_no_more_steps(tfds_dir, tmp_path):
@@ -97,7 +116,7 @@ def test_a_finished_run_started_again_does_no_more_steps(tfds_dir, tmp_path):
   assert read_rows(workdir) == before
 
 
-def test_non_finite_loss_stops_the_run_naming_the_step_and_saves_no_diverged_state(tfds_dir, tmp_path):
+def test_non_finite_loss_stops_the_run_and_keeps_only_checkpoints_that_gave_finite_losses(tfds_dir, tmp_path):
   c = tiny_config()
   c.optimizer = dict(name="sgd", lr=1e12)
   c.schedule = dict(name="constant")
@@ -106,9 +125,14 @@ def test_non_finite_loss_stops_the_run_naming_the_step_and_saves_no_diverged_sta
   workdir = tmp_path / "run"
   with pytest.raises(train.NonFiniteLoss, match=r"loss is (nan|inf) at step \d+; lower optimizer.lr") as e:
     train.run(c, str(workdir))
-  bad_step = int(str(e.value).split("at step ")[1].split(";")[0])
+  # The state of step e.step - 1 gave the bad loss: its checkpoint is gone too.
   saved = sorted(int(name) for name in os.listdir(workdir / "checkpoints"))
-  assert saved == list(range(1, bad_step))
+  assert e.value.step > 2 and saved == list(range(1, e.value.step - 1))
+
+  # Doing as the message says resumes from the last good checkpoint and finishes.
+  c.optimizer.lr = 1e-3
+  last = train.run(c, str(workdir))
+  assert np.isfinite(last["train/loss"])
 
 
 def test_a_key_nothing_reads_fails_before_the_workdir_is_touched(tfds_dir, tmp_path):

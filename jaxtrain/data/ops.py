@@ -40,6 +40,7 @@ class BatchRng:
 class Op:
   fn: callable
   random: bool = False
+  text: str = ""  # As written in the config, for error messages.
 
 
 def register(name, random=False):
@@ -51,14 +52,20 @@ def register(name, random=False):
   return decorator
 
 
-def parse(spec):
-  """Turns a pipeline string into a function `(batch, rng: BatchRng) -> batch`."""
+def parse(spec, where="input.pp"):
+  """Turns the pipeline string at config key `where` into `(batch, rng: BatchRng) -> batch`."""
+  if not isinstance(spec, str):
+    raise UserError(f"config key '{where}' must be a string of ops joined by '|', got {spec!r}")
   ops = [_parse_call(part.strip(), spec) for part in spec.split("|") if part.strip()]
 
   def preprocess(batch, rng):
     batch = dict(batch)
     for op in ops:
-      batch = op.fn(batch, rng) if op.random else op.fn(batch)
+      try:
+        batch = op.fn(batch, rng) if op.random else op.fn(batch)
+      except Exception as e:  # pylint: disable=broad-except  (name the op, whatever went wrong)
+        raise UserError(f"{where}: op '{op.text}' failed on a batch with keys {', '.join(sorted(batch))}: "
+                        f"{type(e).__name__}: {e}") from e
     return batch
 
   return preprocess
@@ -79,9 +86,11 @@ def _parse_call(text, spec):
                     f"with literal arguments") from None
   factory = OPS.get(name)
   try:
-    return factory(*args, **kwargs)
+    made = factory(*args, **kwargs)
   except Exception as e:  # pylint: disable=broad-except  (any bad argument is the user's to fix)
     raise UserError(f"bad arguments to preprocessing op '{text}': {e}") from None
+  # A 'module.path:attr' factory may return a plain function of the batch.
+  return dataclasses.replace(made if isinstance(made, Op) else Op(made), text=text)
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ Both return per-process numpy batches; making global `jax.Array`s is the Strateg
 """
 
 import functools
+import math
 import sys
 
 import grain
@@ -18,6 +19,8 @@ from jaxtrain.data.ops import BatchRng
 from jaxtrain.errors import UserError
 
 MASK = "_mask"
+# The first word of every numpy seed, so that the streams can never coincide.
+_PERMUTATION, _AUGMENTATION, _EVAL_AUGMENTATION = 0, 1, 2
 
 
 def train_dataset(source, *, preprocess, global_batch_size, seed, process_index=0, process_count=1):
@@ -39,13 +42,13 @@ def train_dataset(source, *, preprocess, global_batch_size, seed, process_index=
 
   @functools.lru_cache(maxsize=2)
   def permutation(epoch):
-    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+    return np.random.default_rng([_PERMUTATION, seed, epoch]).permutation(num_examples)
 
   def make_batch(k):
     epoch, b = divmod(k, batches_per_epoch)
     first = b * global_batch_size + start
     batch = source.read(permutation(epoch)[first:first + local])
-    return preprocess(batch, BatchRng([seed, k], global_batch_size, start, local))
+    return preprocess(batch, BatchRng([_AUGMENTATION, seed, k], global_batch_size, start, local))
 
   return grain.MapDataset.range(sys.maxsize).map(make_batch)
 
@@ -68,13 +71,14 @@ def eval_batches(source, *, preprocess, global_batch_size, process_index=0, proc
     raise UserError(f"an evaluation split of {num_examples} examples cannot be shared by {process_count} processes")
   local = global_batch_size // process_count
   mine = np.arange(process_index, num_examples, process_count)
-  num_batches = -(-(-(-num_examples // process_count)) // local)
+  num_batches = math.ceil(math.ceil(num_examples / process_count) / local)
 
   def make_batch(k):
     indices = mine[k * local:(k + 1) * local]
     real = len(indices)
     # A share that has run out re-reads one example and masks it out.
-    batch = preprocess(source.read(indices if real else mine[:1]), BatchRng([0, k], local, 0, max(real, 1)))
+    rng = BatchRng([_EVAL_AUGMENTATION, 0, k], local, 0, max(real, 1))
+    batch = preprocess(source.read(indices if real else mine[:1]), rng)
     batch[MASK] = np.ones(max(real, 1), np.float32) * (real > 0)
     return {key: _pad(value, local) for key, value in batch.items()}
 

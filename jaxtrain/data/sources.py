@@ -60,12 +60,13 @@ def open_source(name, split, data_dir=None, cache=False):
   except tfds.core.registered.DatasetNotFoundError:
     raise UserError(f"unknown dataset '{name}': TFDS has no builder of that name "
                     f"(looked in the TFDS catalog and jaxtrain.data)") from None
-  if not builder.is_prepared():
-    if not getattr(builder, "BUILT_LOCALLY", False):
-      raise UserError(f"dataset '{name}' is not prepared in {data_dir}; prepare it with "
-                      f"`tfds build {name} --data_dir={data_dir} --file_format=array_record` "
-                      f"or set input.data.data_dir / $TFDS_DATA_DIR to where it is")
-    _prepare(builder)
+  if getattr(builder, "BUILT_LOCALLY", False):
+    _prepare_locally_built(builder)
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")  # Reads what was built.
+  elif not builder.is_prepared():
+    raise UserError(f"dataset '{name}' is not prepared in {data_dir}; prepare it with "
+                    f"`tfds build {name} --data_dir={data_dir} --file_format=array_record` "
+                    f"or set input.data.data_dir / $TFDS_DATA_DIR to where it is")
   try:
     builder.info.splits[split]  # pylint: disable=expression-not-assigned
   except (KeyError, ValueError, AssertionError) as e:
@@ -80,18 +81,20 @@ def open_source(name, split, data_dir=None, cache=False):
   return InMemorySource(source) if cache else source
 
 
-def _prepare(builder):
-  logging.info("Preparing dataset %s in %s (first use).", builder.name, builder.data_dir)
+def _prepare_locally_built(builder):
+  """Builds on first use. With several processes, process 0 builds first and all wait for
+  it (a shared filesystem then has one copy); a process that still finds nothing (a disk
+  of its own) builds its own, identical, copy."""
   tfds.disable_progress_bar()
   if jax.process_count() > 1:
-    # One writer; the others wait for it on the shared filesystem.
-    if jax.process_index() == 0:
-      builder.download_and_prepare()
-    _barrier(f"prepare_{builder.name}")
-  else:
-    builder.download_and_prepare()
+    if jax.process_index() == 0 and not builder.is_prepared():
+      _build(builder)
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(f"jaxtrain: prepared {builder.name}")
+  if not builder.is_prepared():
+    _build(builder)
 
 
-def _barrier(name):
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  multihost_utils.sync_global_devices(name)
+def _build(builder):
+  logging.info("Preparing dataset %s in %s (first use).", builder.name, builder.data_dir)
+  builder.download_and_prepare()

@@ -12,20 +12,24 @@ from jaxtrain.evals import EVALUATORS
 class Classification:
   """Reads `data` (name, split, data_dir, cache), `pp` and optionally `batch_size`."""
 
-  def __init__(self, config, *, model, loss_fn, strategy, batch_size):
-    self.source = data.open_from_config(config.data)
-    self.preprocess = data.ops.parse(config.pp)
-    self.batch_size = config.get("batch_size", batch_size)
+  def __init__(self, config, context):
+    self.source = data.open_from_config(config.data, default_data_dir=context.data_dir)
+    self.preprocess = data.ops.parse(config.pp, where=config.path("pp"))
+    self.batch_size = config.get("batch_size", context.batch_size)
+    self.strategy = strategy = context.strategy
     strategy.check_batch_size(self.batch_size, config.path("batch_size"))
-    self.strategy = strategy
-    self.eval_step = strategy.compile_eval_step(step_lib.make_eval_step(model, loss_fn))
+    first = next(iter(self._batches()))
+    self.eval_step = strategy.compile_step(step_lib.make_eval_step(context.model, context.loss_fn),
+                                           context.abstract_state, first, donate=False)
 
-  def run(self, state):
-    batches = data.pipeline.eval_batches(
+  def _batches(self):
+    return data.pipeline.eval_batches(
         self.source, preprocess=self.preprocess, global_batch_size=self.batch_size,
         process_index=self.strategy.process_index, process_count=self.strategy.process_count)
+
+  def run(self, state):
     sums = None
-    for batch in batches:
+    for batch in self._batches():
       out = self.eval_step(state, self.strategy.shard(batch))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)

@@ -26,9 +26,7 @@ def build(model_config):
     raise UserError(f"model.name='{name}' is not a Flax Linen module class")
   kwargs = model_config.take("name")
   fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
-  for key in kwargs:
-    if key not in fields:
-      raise config_lib.unknown_key(model_config, key, set(fields) | {"name"}, f"model '{name}'")
+  config_lib.check_kwargs(model_config, kwargs, set(fields) | {"name"}, f"model '{name}'")
   for key, field in fields.items():
     no_default = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
     if no_default and key not in kwargs:

@@ -1,0 +1,106 @@
+"""Mistakes in a config stop the run at start-up with one clear line, before the work
+directory exists: typos, wrong types, impossible values, and parts that do not fit."""
+
+import ml_collections
+import pytest
+
+from jaxtrain import train
+from jaxtrain.errors import UserError
+from test_train import tiny_config
+
+def written_as(path, value):
+  """A change as a config file would write it: ml_collections type-checks only updates."""
+  def change(config):
+    tree = config.to_dict()
+    *parents, leaf = path.split(".")
+    node = tree
+    for key in parents:
+      node = node[key]
+    node[leaf] = value
+    return ml_collections.ConfigDict(tree)
+  return change
+
+
+CASES = [
+    # (what, change to the tiny config, the message it must give)
+    ("typo in a key", lambda c: c.optimizer.update(lrr=0.1),
+     r"unknown config key 'optimizer.lrr' \(did you mean 'optimizer.lr'\?\)"),
+    ("typo in a duration", lambda c: c.update(total_steps=None, total_step=30),
+     r"set one of total_steps, total_epochs, total_examples \('total_step' is set: a typo\?\)"),
+    ("key of another schedule", lambda c: c.schedule.update(end_factor=0.1, name="constant"),
+     r"unknown config key 'schedule.end_factor'; nothing reads it with these settings"),
+    ("two units for one duration", lambda c: c.update(total_epochs=3),
+     r"set only one of total_steps, total_epochs"),
+    ("lr as a string", written_as("optimizer.lr", "0.1"),
+     r"config key 'optimizer.lr' must be float, got '0.1'"),
+    ("keep as a string", written_as("checkpoint.keep", "2"),
+     r"config key 'checkpoint.keep' must be int, got '2'"),
+    ("keep zero", lambda c: c.checkpoint.update(keep=0),
+     r"config key 'checkpoint.keep' must be at least 1, got 0"),
+    ("fractional seed", written_as("seed", 1.5),
+     r"config key 'seed' must be int, got 1.5"),
+    ("cache as a string", written_as("input.data.cache", "no"),
+     r"config key 'input.data.cache' must be bool, got 'no'"),
+    ("negative clipping", lambda c: c.optimizer.update(grad_clip_norm=-1.0),
+     r"config key 'optimizer.grad_clip_norm' must be positive, got -1.0"),
+    ("unknown dataset", lambda c: c.input.data.update(name="digitz"),
+     r"unknown dataset 'digitz'"),
+    ("unknown split", lambda c: c.evals.val.data.update(split="validation"),
+     r"dataset 'digits' in .* has no split 'validation'; its splits are train, test"),
+    ("unknown model", lambda c: c.model.update(name="resnet"),
+     r"unknown model 'resnet'; known: cnn, mlp"),
+    ("unknown optimizer", lambda c: c.optimizer.update(name="adamm"),
+     r"unknown optimizer 'adamm' \(did you mean 'adam'\?\)"),
+    ("unknown schedule", lambda c: c.schedule.update(name="cosin"),
+     r"unknown schedule 'cosin' \(did you mean 'cosine'\?\)"),
+    ("unknown evaluator", lambda c: c.evals.val.update(type="clasification"),
+     r"unknown evaluator 'clasification' \(did you mean 'classification'\?\)"),
+    ("unknown op", lambda c: c.input.update(pp="value_rang(-1, 1)"),
+     r"unknown preprocessing op 'value_rang' \(did you mean 'value_range'\?\)"),
+    ("op on a missing feature", lambda c: c.input.update(pp="value_range(-1, 1)|keep('image', 'lables')"),
+     r"input.pp: op 'keep\('image', 'lables'\)' failed on a batch with keys image, label: KeyError"),
+    ("labels outside onehot", lambda c: c.input.update(pp="value_range(-1, 1)|onehot(5, key='label', "
+                                                          "key_result='labels')|keep('image', 'labels')"),
+     r"input.pp: op 'onehot\(5, .*' failed .* outside onehot\(5\)"),
+    ("no labels for the loss", lambda c: c.input.update(pp="value_range(-1, 1)|keep('image', 'label')"),
+     r"input.pp, model and loss do not fit together: KeyError: 'labels'"),
+    ("classes and labels disagree", lambda c: c.model.update(num_classes=5),
+     r"input.pp, model and loss do not fit together: .*\(32, 5\).*\(32, 10\)|"
+     r"input.pp, model and loss do not fit together: .*\(32, 10\).*\(32, 5\)"),
+    ("eval preprocessing broken", lambda c: c.evals.val.update(pp="value_range(-1, 1)|keep('image')"),
+     r"evals do not fit together: KeyError: 'labels'"),
+    ("batch not divisible", lambda c: c.input.update(batch_size=0),
+     r"input.batch_size=0 cannot be split evenly over 1 devices; use a positive multiple of 1"),
+    ("batch larger than the data", lambda c: c.input.update(batch_size=4096),
+     r"input.batch_size=4096 is larger than the 1438 training examples"),
+    ("warmup longer than training", lambda c: c.schedule.update(warmup_steps=30),
+     r"the warmup \(30 steps\) must be shorter than training \(30 steps\)"),
+    ("schedule not a section", written_as("schedule", "cosine"),
+     r"config key 'schedule' must be a section \(a dict of keys\), got 'cosine'"),
+]
+
+
+@pytest.mark.parametrize("what, change, message", CASES, ids=[case[0] for case in CASES])
+def test_bad_config_fails_at_start_up_naming_the_problem(tfds_dir, tmp_path, what, change, message):
+  del what
+  config = tiny_config()
+  config = change(config) or config
+  workdir = tmp_path / "run"
+  with pytest.raises(UserError, match=message):
+    train.run(config, str(workdir))
+  assert not workdir.exists()
+
+
+def test_resuming_with_a_model_that_does_not_fit_the_checkpoint_changes_nothing(tfds_dir, tmp_path):
+  workdir = tmp_path / "run"
+  train.run(tiny_config(total_steps=10), str(workdir))
+  before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  config = tiny_config(total_steps=20)
+  config.model.hidden = (16,)
+  with pytest.raises(UserError, match=r"checkpoint .*/checkpoints/10 does not fit this run's model or optimizer "
+                                      r"\(params/Dense_0/bias: saved float32\[32\], expected float32\[16\]; "
+                                      r"params/Dense_0/kernel: saved float32\[64,32\], expected float32\[64,16\]; "
+                                      r".*\); resume with the config it was saved with, "
+                                      r"or use a new --workdir"):
+    train.run(config, str(workdir))
+  assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
