@@ -1,8 +1,9 @@
 """Command line: python -m jaxtrain.launch --config=experiments/NAME.py[:ARG] --workdir=DIR
 
 `--config.a.b=value` overrides any config value. On several hosts, run the same command
-on every host; outside Cloud TPU (where JAX finds its peers itself) add
-`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
+on every host with `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`,
+which go to `jax.distributed.initialize`. (Detecting Cloud TPU and SLURM clusters without
+these flags is not wired up yet.)
 """
 
 import logging as std_logging
