@@ -50,15 +50,16 @@ class Checkpointer:
       raise UserError(f"checkpoint {self.directory}/{step} does not fit this run's model or optimizer "
                       f"({'; '.join(mismatches[:5])}{'; ...' if len(mismatches) > 5 else ''}); "
                       f"resume with the config it was saved with, or use a new --workdir")
+    items = dict(state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(data_iterator))
+    if os.path.isdir(os.path.join(self.directory, str(step), "pending")):  # Absent before it was added.
+      items["pending"] = ocp.args.JsonRestore()
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(data_iterator),
-          pending=ocp.args.JsonRestore()))
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, TypeError, KeyError) as e:
       why = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
       raise UserError(f"checkpoint {self.directory}/{step} does not fit this run's model or optimizer "
                       f"({why[:300]}); resume with the config it was saved with, or use a new --workdir") from e
-    return restored["state"], restored["pending"]
+    return restored["state"], restored["pending"] if "pending" in items else []
 
   def _mismatches(self, step, abstract_state):
     """What differs between the saved state's arrays and the ones this run expects."""
@@ -71,12 +72,20 @@ class Checkpointer:
     found += [f"{key}: not in the checkpoint" for key in sorted(wanted.keys() - saved.keys())]
     return found
 
-  def discard_from(self, step):
-    """Deletes the checkpoints of `step` and later (once any save in flight is done)."""
+  def set_aside_from(self, step):
+    """Moves the checkpoints of `step` and later to `checkpoints_set_aside/`: out of the
+    way of a resume, still there to look at. Returns the steps moved."""
     self._manager.wait_until_finished()
-    for saved in self._manager.all_steps():
-      if saved >= step:
-        self._manager.delete(saved)
+    moved = sorted(saved for saved in self._manager.all_steps() if saved >= step)
+    if moved and jax.process_index() == 0:
+      aside = os.path.join(os.path.dirname(self.directory), "checkpoints_set_aside")
+      os.makedirs(aside, exist_ok=True)
+      for saved in moved:
+        target, n = os.path.join(aside, str(saved)), 1
+        while os.path.exists(target):  # Set aside before, by an earlier divergence.
+          target, n = os.path.join(aside, f"{saved}.{n}"), n + 1
+        os.rename(os.path.join(self.directory, str(saved)), target)
+    return moved
 
   def close(self):
     self._manager.wait_until_finished()

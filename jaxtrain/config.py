@@ -8,6 +8,7 @@ hands out. Once everything is built, `check_all_read` fails on any key that noth
 import difflib
 import importlib
 import math
+import numbers
 
 import ml_collections
 
@@ -15,8 +16,19 @@ from jaxtrain.errors import UserError, did_you_mean
 
 REQUIRED = object()
 
-# The type a value must have, given the type its default has (ints pass for floats).
-_ACCEPTS = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+# The type a value must have, given the type its default has (ints pass for floats; numpy
+# scalars pass too; bools pass only for bools).
+_ACCEPTS = {bool: (bool,), int: (numbers.Integral,), float: (numbers.Real,), str: (str,)}
+
+
+def check_type(path, value, kind):
+  """Raises unless `value` may stand where a `kind` (bool, int, float or str) is expected."""
+  if kind not in _ACCEPTS:
+    return
+  if isinstance(value, (ml_collections.ConfigDict, dict)):
+    raise UserError(f"config key '{path}' must be {kind.__name__}, got a section")
+  if not isinstance(value, _ACCEPTS[kind]) or (kind is not bool and isinstance(value, bool)):
+    raise UserError(f"config key '{path}' must be {kind.__name__}, got {value!r}")
 
 
 class Reader:
@@ -35,6 +47,9 @@ class Reader:
 
   def path(self, name):
     return f"{self._path}.{name}" if self._path else name
+
+  def __repr__(self):
+    return f"a section with keys {', '.join(self.keys())}"
 
   def __getattr__(self, name):
     if name.startswith("_"):
@@ -57,13 +72,11 @@ class Reader:
                         f"{did_you_mean(name, others, prefix=self.path(''))}")
       return default
     value = self._config[name]
+    check_type(path, value, kind or type(default))
     if isinstance(value, (ml_collections.ConfigDict, dict)):
       self._record["asked"].add(path)
       return Reader(value, path, self._record)
     self._record["read"].add(path)
-    kind = kind or (type(default) if type(default) in _ACCEPTS else None)
-    if kind and (not isinstance(value, _ACCEPTS[kind]) or (kind is not bool and isinstance(value, bool))):
-      raise UserError(f"config key '{path}' must be {kind.__name__}, got {value!r}")
     return value
 
   def section(self, name):
@@ -94,13 +107,15 @@ class Reader:
     return rest
 
 
-def check_kwargs(section, kwargs, accepted, owner):
-  """Raises for the first of `kwargs` that `owner` (e.g. "model 'cnn'") does not accept."""
-  for key in kwargs:
-    if key not in accepted:
-      close = did_you_mean(key, accepted, prefix=section.path(""))
+def check_kwargs(section, kwargs, defaults, owner):
+  """Raises for the first of `kwargs` that `owner` (e.g. "model 'cnn'") does not take, or
+  whose type is not its default's. `defaults`: {argument: default (None if it has none)}."""
+  for key, value in kwargs.items():
+    if key not in defaults:
+      close = did_you_mean(key, defaults, prefix=section.path(""))
       raise UserError(f"unknown config key '{section.path(key)}'{close}; {owner} takes "
-                      f"{', '.join(sorted(accepted))}")
+                      f"{', '.join(sorted(defaults))}")
+    check_type(section.path(key), value, type(defaults[key]))
 
 
 def _leaves(config, prefix=""):
@@ -148,12 +163,15 @@ def steps(reader, prefix, *, steps_per_epoch, batch_size, default=REQUIRED, allo
 
   Exactly one of the three may be set. Epochs may be fractional; a positive duration is
   rounded up, so it is never zero steps. A unit set to 0 beside a positive one counts as
-  unset, so the command line can switch units: --config.total_epochs=0 --config.total_steps=500.
+  unset, so the command line can switch units: --config.total_epochs=0 --config.total_steps=500;
+  an optional duration set to 0 alone is unset too (for `every`: only at the end).
   """
   names = [f"{prefix}_{unit}" for unit in UNITS]
   given = {unit: reader.get(f"{prefix}_{unit}") for unit in UNITS if f"{prefix}_{unit}" in reader}
   if any(value != 0 for value in given.values()):
     given = {unit: value for unit, value in given.items() if value != 0}
+  elif given and default is not REQUIRED and not allow_zero:
+    given = {}  # All zero: as if unset (e.g. --config.checkpoint.every_epochs=0: only at the end).
   if len(given) > 1:
     raise UserError(f"set only one of {', '.join(reader.path(f'{prefix}_{u}') for u in given)}")
   if not given:
@@ -166,7 +184,7 @@ def steps(reader, prefix, *, steps_per_epoch, batch_size, default=REQUIRED, allo
     return default
   (unit, value), = given.items()
   path = reader.path(f"{prefix}_{unit}")
-  number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
   if not number or value < 0 or (value == 0 and not allow_zero):
     raise UserError(f"config key '{path}' must be a {'non-negative' if allow_zero else 'positive'} number, "
                     f"got {value!r}")

@@ -10,6 +10,7 @@ import logging as std_logging
 import os
 import re
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -27,6 +28,7 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: hos
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: how many processes in all.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 _LIBRARY_INFO = flags.DEFINE_bool("library_info_logs", False, "Also show INFO logs of Orbax, TFDS and JAX.")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "On an error, also print the traceback (to debug your own code).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 _CHATTY = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/", "/etils/")
@@ -53,6 +55,8 @@ def main(argv):
   try:
     train.run(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
+    if _TRACEBACK.value:
+      traceback.print_exc()
     _fail(str(e))
 
 

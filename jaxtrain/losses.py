@@ -29,6 +29,7 @@ def build(loss_config):
   """`loss.name` and its keyword arguments (e.g. `loss.label_smoothing`) -> loss function."""
   fn = LOSSES.get(loss_config.name)
   kwargs = loss_config.take("name")
-  accepted = [p for p in inspect.signature(fn).parameters if p not in ("logits", "labels")]
-  config_lib.check_kwargs(loss_config, kwargs, accepted + ["name"], f"loss '{loss_config.name}'")
+  defaults = {p.name: p.default for p in inspect.signature(fn).parameters.values()
+              if p.name not in ("logits", "labels")}
+  config_lib.check_kwargs(loss_config, kwargs, {**defaults, "name": None}, f"loss '{loss_config.name}'")
   return lambda logits, labels: fn(logits, labels, **kwargs)

@@ -25,9 +25,8 @@ class Writer:
     path = os.path.join(workdir, "metrics.jsonl")
     _drop_rows_after(path, start_step)
     self._jsonl = open(path, "a", encoding="utf-8")
-    # purge_step hides the events the interrupted run wrote after the checkpoint.
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30,
-                             purge_step=start_step + 1 if start_step else None)
+    # purge_step hides the events an interrupted run wrote after the checkpoint.
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30, purge_step=start_step + 1)
 
   def write(self, step, metrics):
     if not self.enabled:
@@ -51,8 +50,9 @@ def _drop_rows_after(path, step):
     return
   with open(path, encoding="utf-8") as f:
     lines = f.readlines()
-  kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-  if len(kept) < len(lines):
+  whole = lines if not lines or lines[-1].endswith("\n") else lines[:-1]  # A crash may cut the last.
+  kept = [line for line in whole if line.strip() and json.loads(line)["step"] <= step]
+  if kept != lines:
     with open(path + ".tmp", "w", encoding="utf-8") as f:
       f.writelines(kept)
     os.replace(path + ".tmp", path)

@@ -52,9 +52,10 @@ def build(optimizer, schedule, *, total_steps, steps_per_epoch, batch_size):
   if clip is not None and not clip > 0:
     raise UserError(f"config key '{optimizer.path('grad_clip_norm')}' must be positive, got {clip!r}")
   scaler = _SCALERS[name]
-  kwargs = optimizer.take("name", "lr", "weight_decay", "grad_clip_norm")
-  accepted = list(inspect.signature(scaler).parameters) + ["name", "lr", "weight_decay", "grad_clip_norm"]
-  config_lib.check_kwargs(optimizer, kwargs, accepted, f"optimizer '{name}'")
+  read_here = ("name", "lr", "weight_decay", "grad_clip_norm")
+  kwargs = optimizer.take(*read_here)
+  defaults = {p.name: p.default for p in inspect.signature(scaler).parameters.values()}
+  config_lib.check_kwargs(optimizer, kwargs, {**defaults, **dict.fromkeys(read_here)}, f"optimizer '{name}'")
   parts = [optax.clip_by_global_norm(clip)] if clip else []
   parts.append(scaler(**kwargs))
   if weight_decay:

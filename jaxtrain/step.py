@@ -11,6 +11,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxtrain.errors import UserError
+
+
+def check_batch(batch, where):
+  """The steps read 'image' and 'labels': say so at start-up if `where` (a pp) drops them."""
+  missing = [key for key in ("image", "labels") if key not in batch]
+  if missing:
+    raise UserError(f"{where} must leave 'image' (the model input) and 'labels' (one-hot targets) in the "
+                    f"batch; it has {', '.join(sorted(k for k in batch if not k.startswith('_')))}")
+
 
 @flax.struct.dataclass
 class TrainState:

@@ -7,6 +7,7 @@ The loop never waits for the device except when it logs, saves or evaluates.
 
 import functools
 import os
+import traceback
 
 from absl import logging
 import jax
@@ -64,16 +65,17 @@ def run(config, workdir):
   loss_fn = losses.build(cfg.loss)
   tx, lr_fn = optim.build(cfg.optimizer, cfg.section("schedule"), total_steps=total_steps, **durations)
   first_batch = train_ds[0]
+  step_lib.check_batch(first_batch, "input.pp")
   example_input = np.zeros((1,) + first_batch["image"].shape[1:], first_batch["image"].dtype)
   create = functools.partial(step_lib.create_state, model, tx, example_input, seed)
-  abstract_state = _must_fit("model", lambda: strategy.abstract_state(create))
-  train_step = _must_fit("input.pp, model and loss", lambda: strategy.compile_step(
+  abstract_state = _must_fit("initialising the model", lambda: strategy.abstract_state(create))
+  train_step = _must_fit("compiling the train step (input.pp, model, loss, optimizer)", lambda: strategy.compile_step(
       step_lib.make_train_step(model, tx, loss_fn, lr_fn), abstract_state, first_batch, donate=True))
 
   # ---- Evaluators and checkpoints -----------------------------------------------------
   context = evals.Context(model=model, loss_fn=loss_fn, strategy=strategy, batch_size=batch_size,
                           data_dir=data_dir, abstract_state=abstract_state)
-  evaluators = _must_fit("evals", lambda: evals.build_all(cfg.section("evals"), context, durations))
+  evaluators = _must_fit("building the evaluators", lambda: evals.build_all(cfg.section("evals"), context, durations))
   ckpt_config = cfg.section("checkpoint")
   ckpt_every = config_lib.steps(ckpt_config, "every", default=None, **durations)
   ckpt_keep = _at_least(ckpt_config, "keep", 3, minimum=1)
@@ -85,6 +87,9 @@ def run(config, workdir):
   train_iter = data.pipeline.iterate(train_ds, num_threads=num_threads, prefetch=prefetch)
   pending = []  # Per-step metrics since the last log: on the device until the next log.
   if ckpt.latest_step() is not None:
+    if ckpt.latest_step() > total_steps:
+      raise UserError(f"the newest checkpoint in {workdir} is at step {ckpt.latest_step()}, past the "
+                      f"{total_steps} steps this config trains for; raise the total or use a new --workdir")
     state, pending = ckpt.restore(ckpt.latest_step(), abstract_state, train_iter)
     logging.info("Resumed from checkpoint at step %d.", int(state.step))
   else:
@@ -118,18 +123,22 @@ def run(config, workdir):
         jax.block_until_ready(state)  # The steps in flight are training time, not evaluation.
         with progress.pause():
           pending = _on_host(pending)
-          _check_finite(pending, first_step=step - len(pending) + 1)  # Never save or evaluate a diverged state.
-          if ckpt.due(step, total_steps):
-            ckpt.save(step, state, train_iter, pending)  # Asynchronous: written while the evaluators run.
+          _check_finite(pending, first_step=step - len(pending) + 1)  # Never evaluate or save a diverged state.
           for scheduled in due:
             result = scheduled.evaluator.run(state)
             row = {f"{scheduled.name}/{k}": v for k, v in result.items()}
             writer.write(step, row)
             metrics_lib.log(metrics_lib.eval_line(scheduled.name, result))
             last.update(row)
+          # After the evaluations: a saved step always has its rows, so a resume never skips one.
+          if ckpt.due(step, total_steps):
+            ckpt.save(step, state, train_iter, pending)
   except NonFiniteLoss as e:
     # The state saved just before the bad step produced it: not a good one to resume from.
-    ckpt.discard_from(max(e.step - 1, first_step + 1))
+    moved = ckpt.set_aside_from(e.step - 1)
+    if moved:
+      raise NonFiniteLoss(f"{e}; checkpoints {', '.join(map(str, moved))} gave or followed it and were moved "
+                          f"to {workdir}/checkpoints_set_aside", e.step) from None
     raise
   finally:
     ckpt.close()  # Waits for a save in flight.
@@ -145,14 +154,18 @@ def _at_least(section, key, default, *, minimum):
 
 
 def _must_fit(what, build):
-  """Runs `build` (which traces or compiles); an error there is a config mistake in `what`."""
+  """Runs `build` (which traces or compiles): an error there is a mistake in the config or
+  in the experiment's own code, reported with the innermost frame outside the libraries
+  (`--traceback` shows the whole story)."""
   try:
     return build()
   except UserError:
     raise
   except Exception as e:  # pylint: disable=broad-except
     why = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
-    raise UserError(f"{what} do not fit together: {type(e).__name__}: {why[:300]}") from e
+    ours = [f for f in traceback.extract_tb(e.__traceback__) if "site-packages" not in f.filename]
+    where = f" (at {ours[-1].filename}:{ours[-1].lineno})" if ours else ""
+    raise UserError(f"{what} failed: {type(e).__name__}: {why[:300]}{where}") from e
 
 
 def _check_workdir(workdir):
@@ -189,5 +202,8 @@ def _check_finite(values, first_step):
   bad = np.flatnonzero(~np.isfinite(losses_))
   if bad.size:
     step = first_step + int(bad[0])
+    if step == 1:
+      raise NonFiniteLoss(f"loss is {losses_[bad[0]]} at step 1, before any update: check the input values "
+                          f"(input.pp) and the model's initialisation", step)
     raise NonFiniteLoss(f"loss is {losses_[bad[0]]} at step {step}; lower optimizer.lr or set "
-                        f"optimizer.grad_clip_norm (only checkpoints whose state gave a finite loss are kept)", step)
+                        f"optimizer.grad_clip_norm, and run again to resume from the last good checkpoint", step)

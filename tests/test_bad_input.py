@@ -63,12 +63,25 @@ CASES = [
                                                           "key_result='labels')|keep('image', 'labels')"),
      r"input.pp: op 'onehot\(5, .*' failed .* outside onehot\(5\)"),
     ("no labels for the loss", lambda c: c.input.update(pp="value_range(-1, 1)|keep('image', 'label')"),
-     r"input.pp, model and loss do not fit together: KeyError: 'labels'"),
+     r"input.pp must leave 'image' \(the model input\) and 'labels' \(one-hot targets\) in the batch; "
+     r"it has image, label"),
+    ("no image for the model", lambda c: c.input.update(pp="onehot(10, key='label', key_result='labels')|"
+                                                           "keep('labels')"),
+     r"input.pp must leave 'image' .* it has labels"),
     ("classes and labels disagree", lambda c: c.model.update(num_classes=5),
-     r"input.pp, model and loss do not fit together: .*\(32, 5\).*\(32, 10\)|"
-     r"input.pp, model and loss do not fit together: .*\(32, 10\).*\(32, 5\)"),
+     r"compiling the train step \(input.pp, model, loss, optimizer\) failed: .*(\(32, 5\).*\(32, 10\)|"
+     r"\(32, 10\).*\(32, 5\)).* \(at .*\.py:\d+\)"),
     ("eval preprocessing broken", lambda c: c.evals.val.update(pp="value_range(-1, 1)|keep('image')"),
-     r"evals do not fit together: KeyError: 'labels'"),
+     r"evals.val.pp must leave 'image' .* it has image$"),
+    ("lr as a section", written_as("optimizer.lr", {"value": 0.1}),
+     r"config key 'optimizer.lr' must be float, got a section"),
+    ("optimizer argument of the wrong type", written_as("optimizer", {"name": "sgd", "lr": 0.1, "nesterov": "no",
+                                                                     "momentum": 0.9}),
+     r"config key 'optimizer.nesterov' must be bool, got 'no'"),
+    ("model argument of the wrong type", written_as("model.dropout", "0.1"),
+     r"config key 'model.dropout' must be float, got '0.1'"),
+    ("total a section", written_as("total_steps", {"a": 1}),
+     r"config key 'total_steps' must be a positive number, got a section with keys a"),
     ("batch not divisible", lambda c: c.input.update(batch_size=0),
      r"input.batch_size=0 cannot be split evenly over 1 devices; use a positive multiple of 1"),
     ("batch larger than the data", lambda c: c.input.update(batch_size=4096),
@@ -89,6 +102,14 @@ def test_bad_config_fails_at_start_up_naming_the_problem(tfds_dir, tmp_path, wha
   with pytest.raises(UserError, match=message):
     train.run(config, str(workdir))
   assert not workdir.exists()
+
+
+def test_resuming_with_fewer_total_steps_than_the_checkpoint_is_refused(tfds_dir, tmp_path):
+  workdir = tmp_path / "run"
+  train.run(tiny_config(total_steps=20), str(workdir))
+  with pytest.raises(UserError, match=r"the newest checkpoint in .* is at step 20, past the 10 steps this "
+                                      r"config trains for; raise the total or use a new --workdir"):
+    train.run(tiny_config(total_steps=10), str(workdir))
 
 
 def test_resuming_with_a_model_that_does_not_fit_the_checkpoint_changes_nothing(tfds_dir, tmp_path):

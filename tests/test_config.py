@@ -3,6 +3,7 @@
 import collections
 
 import ml_collections
+import numpy as np
 import pytest
 
 from jaxtrain import config as config_lib
@@ -362,3 +363,19 @@ def test_registry_missing_attribute_raises():
   widgets = Registry("widget")
   with pytest.raises(UserError, match="module 'collections' has no 'NoSuchThing' for widget 'collections:NoSuchThing'"):
     widgets.get("collections:NoSuchThing")
+
+
+def test_an_optional_duration_set_to_zero_alone_is_unset():
+  r = make_reader(every_epochs=0.0, every_steps=None)
+  assert config_lib.steps(r, "every", steps_per_epoch=11, batch_size=128, default=None) is None
+
+
+def test_a_zero_beside_a_positive_unit_is_ignored():
+  r = make_reader(total_epochs=0.0, total_steps=30)
+  assert config_lib.steps(r, "total", steps_per_epoch=11, batch_size=128) == 30
+
+
+def test_numpy_scalars_pass_for_numbers():
+  r = make_reader(total_steps=np.int64(30), lr=np.float32(0.5))
+  assert config_lib.steps(r, "total", steps_per_epoch=11, batch_size=128) == 30
+  assert r.get("lr", kind=float) == np.float32(0.5)

@@ -107,3 +107,27 @@ def test_workdir_is_required(tfds_dir):
   result = launch(f"--config={DIGITS}")
   assert result.returncode != 0
   assert "--workdir" in result.stderr
+
+
+def test_a_bug_in_an_experiments_own_model_names_its_line_and_traceback_shows_it(tfds_dir, tmp_path):
+  (tmp_path / "my_models.py").write_text(
+      "import flax.linen as nn\n"
+      "class Broken(nn.Module):\n"
+      "  num_classes: int = 10\n"
+      "  hidden: tuple = ()\n"
+      "  dropout: float = 0.0\n"
+      "  @nn.compact\n"
+      "  def __call__(self, x, *, train):\n"
+      "    return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1))) + undefined_bias, {}\n")
+  args = [f"--config={DIGITS}:mlp", f"--workdir={tmp_path / 'run'}", "--config.model.name=my_models:Broken"]
+  env_path = dict(os.environ, PYTHONPATH=str(tmp_path))
+  result = subprocess.run([sys.executable, "-m", "jaxtrain.launch", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, check=False, env=env_path)
+  assert result.returncode == 2
+  [line] = errors_of(result)
+  assert line.startswith("error: initialising the model failed: NameError: name 'undefined_bias' is not defined "
+                         f"(at {tmp_path / 'my_models.py'}:8)"), line
+  assert "Traceback" not in result.stderr
+  result = subprocess.run([sys.executable, "-m", "jaxtrain.launch", *args, "--traceback"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, check=False, env=env_path)
+  assert result.returncode == 2 and "Traceback" in result.stderr and "undefined_bias" in result.stderr

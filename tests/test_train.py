@@ -10,6 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import load_experiment
+from jaxtrain import evals
 from jaxtrain import train
 from jaxtrain.errors import UserError
 
@@ -125,14 +126,38 @@ def test_non_finite_loss_stops_the_run_and_keeps_only_checkpoints_that_gave_fini
   workdir = tmp_path / "run"
   with pytest.raises(train.NonFiniteLoss, match=r"loss is (nan|inf) at step \d+; lower optimizer.lr") as e:
     train.run(c, str(workdir))
-  # The state of step e.step - 1 gave the bad loss: its checkpoint is gone too.
+  # The state of step e.step - 1 gave the bad loss: its checkpoint is set aside too.
+  bad = e.value.step
   saved = sorted(int(name) for name in os.listdir(workdir / "checkpoints"))
-  assert e.value.step > 2 and saved == list(range(1, e.value.step - 1))
+  assert bad > 2 and saved == list(range(1, bad - 1))
+  assert sorted(int(name) for name in os.listdir(workdir / "checkpoints_set_aside")) == [bad - 1]
+  assert f"checkpoints {bad - 1} gave or followed it and were moved to" in str(e.value)
 
   # Doing as the message says resumes from the last good checkpoint and finishes.
   c.optimizer.lr = 1e-3
   last = train.run(c, str(workdir))
   assert np.isfinite(last["train/loss"])
+
+
+def test_a_run_stopped_during_an_evaluation_evaluates_again_when_resumed(tfds_dir, tmp_path, monkeypatch):
+  workdir = str(tmp_path / "run")
+  train.run(tiny_config(), str(tmp_path / "reference"))
+  calls = []
+  real_run = evals.classification.Classification.run
+
+  def interrupted_at_the_third(self, state):
+    calls.append(int(state.step))
+    if len(calls) == 3:
+      raise KeyboardInterrupt
+    return real_run(self, state)
+
+  monkeypatch.setattr(evals.classification.Classification, "run", interrupted_at_the_third)
+  with pytest.raises(KeyboardInterrupt):
+    train.run(tiny_config(), workdir)
+  assert calls == [10, 20, 30] and sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
+  monkeypatch.setattr(evals.classification.Classification, "run", real_run)
+  train.run(tiny_config(), workdir)
+  assert drop_timing(read_rows(workdir)) == drop_timing(read_rows(str(tmp_path / "reference")))
 
 
 def test_a_key_nothing_reads_fails_before_the_workdir_is_touched(tfds_dir, tmp_path):

@@ -60,7 +60,8 @@ def iterate(ds, *, num_threads, prefetch):
 
 
 def eval_batches(source, *, preprocess, global_batch_size, process_index=0, process_count=1):
-  """Every example exactly once, in padded batches carrying a `_mask` (1 real, 0 padding).
+  """Every example exactly once, in padded batches carrying a `_mask` (1 real, 0 padding),
+  as a Grain MapDataset: index it, iterate it, or `.to_iter_dataset()` it to read ahead.
 
   Process p reads examples p, p+P, ...; all processes yield the same number of batches
   (collectives need it), the ones whose share runs out first yielding padding only.
@@ -82,8 +83,7 @@ def eval_batches(source, *, preprocess, global_batch_size, process_index=0, proc
     batch[MASK] = np.ones(max(real, 1), np.float32) * (real > 0)
     return {key: _pad(value, local) for key, value in batch.items()}
 
-  ds = grain.MapDataset.range(num_batches).map(make_batch)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+  return grain.MapDataset.range(num_batches).map(make_batch)
 
 
 def _check_divides(global_batch_size, process_count):

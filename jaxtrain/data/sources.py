@@ -48,7 +48,7 @@ class InMemorySource:
     return {key: value[indices] for key, value in self.arrays.items()}
 
 
-def open_source(name, split, data_dir=None, cache=False):
+def open_source(name, split, data_dir=None, cache=False, data_dir_key="input.data.data_dir"):
   """Returns a `Source` for a TFDS `name` and `split`, or an `InMemorySource` if `cache`.
 
   Builders marked BUILT_LOCALLY are prepared on first use; any other dataset must already
@@ -66,7 +66,7 @@ def open_source(name, split, data_dir=None, cache=False):
   elif not builder.is_prepared():
     raise UserError(f"dataset '{name}' is not prepared in {data_dir}; prepare it with "
                     f"`tfds build {name} --data_dir={data_dir} --file_format=array_record` "
-                    f"or set input.data.data_dir / $TFDS_DATA_DIR to where it is")
+                    f"or set {data_dir_key} / $TFDS_DATA_DIR to where it is")
   try:
     builder.info.splits[split]  # pylint: disable=expression-not-assigned
   except (KeyError, ValueError, AssertionError) as e:

@@ -1,5 +1,6 @@
 """Accuracy and loss of the model's logits over a whole split, every example exactly once."""
 
+import grain
 import jax
 import jax.numpy as jnp
 
@@ -18,7 +19,8 @@ class Classification:
     self.batch_size = config.get("batch_size", context.batch_size)
     self.strategy = strategy = context.strategy
     strategy.check_batch_size(self.batch_size, config.path("batch_size"))
-    first = next(iter(self._batches()))
+    first = self._batches()[0]
+    step_lib.check_batch(first, config.path("pp"))
     self.eval_step = strategy.compile_step(step_lib.make_eval_step(context.model, context.loss_fn),
                                            context.abstract_state, first, donate=False)
 
@@ -29,7 +31,7 @@ class Classification:
 
   def run(self, state):
     sums = None
-    for batch in self._batches():
+    for batch in self._batches().to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)):
       out = self.eval_step(state, self.strategy.shard(batch))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)

@@ -26,7 +26,8 @@ def build(model_config):
     raise UserError(f"model.name='{name}' is not a Flax Linen module class")
   kwargs = model_config.take("name")
   fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
-  config_lib.check_kwargs(model_config, kwargs, set(fields) | {"name"}, f"model '{name}'")
+  defaults = {key: None if f.default is dataclasses.MISSING else f.default for key, f in fields.items()}
+  config_lib.check_kwargs(model_config, kwargs, {**defaults, "name": None}, f"model '{name}'")
   for key, field in fields.items():
     no_default = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
     if no_default and key not in kwargs:
