@@ -10,6 +10,7 @@ makes a step visible once all of it is on disk.
 
 import os
 
+from absl import logging
 import grain
 import jax
 import orbax.checkpoint as ocp
@@ -42,54 +43,72 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
         pending=ocp.args.JsonSave(pending)))
 
-  def restore(self, step, abstract_state, data_iterator):
-    """Returns (state, pending) restored into `abstract_state`'s shardings, and moves
-    `data_iterator` in place."""
-    mismatches = self._mismatches(step, abstract_state)
-    if mismatches:
-      raise UserError(f"checkpoint {self.directory}/{step} does not fit this run's model or optimizer "
-                      f"({'; '.join(mismatches[:5])}{'; ...' if len(mismatches) > 5 else ''}); "
-                      f"resume with the config it was saved with, or use a new --workdir")
-    items = dict(state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(data_iterator))
-    if os.path.isdir(os.path.join(self.directory, str(step), "pending")):  # Absent before it was added.
-      items["pending"] = ocp.args.JsonRestore()
-    try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    except (ValueError, TypeError, KeyError) as e:
-      why = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-      raise UserError(f"checkpoint {self.directory}/{step} does not fit this run's model or optimizer "
-                      f"({why[:300]}); resume with the config it was saved with, or use a new --workdir") from e
-    return restored["state"], restored["pending"] if "pending" in items else []
+  def restore_newest(self, abstract_state, data_iterator):
+    """(state, pending) of the newest checkpoint that reads, or None if there is none; it
+    moves `data_iterator` in place. A newer checkpoint that does not read (damaged, or cut
+    short outside Orbax's atomic rename) is set aside with a warning naming its step."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        saved = _shapes(self._manager.item_metadata(step)["state"])
+      except Exception as e:  # pylint: disable=broad-except  (unreadable, whatever the cause)
+        self._set_aside_damaged(step, e)
+        continue
+      mismatches = _mismatches(saved, _shapes(abstract_state))
+      if mismatches:
+        raise UserError(f"checkpoint {self.directory}/{step} does not fit this run's model or optimizer "
+                        f"({'; '.join(mismatches[:5])}{'; ...' if len(mismatches) > 5 else ''}); "
+                        f"resume with the config it was saved with, or use a new --workdir")
+      items = dict(state=ocp.args.StandardRestore(abstract_state),
+                   data=grain.checkpoint.CheckpointRestore(data_iterator))
+      if os.path.isdir(os.path.join(self.directory, str(step), "pending")):  # Absent before it was added.
+        items["pending"] = ocp.args.JsonRestore()
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside_damaged(step, e)
+        continue
+      return restored["state"], restored["pending"] if "pending" in items else []
+    return None
 
-  def _mismatches(self, step, abstract_state):
-    """What differs between the saved state's arrays and the ones this run expects."""
-    saved = _shapes(self._manager.item_metadata(step)["state"])
-    wanted = _shapes(abstract_state)
-    params_first = lambda key: (not key.startswith("params/"), key)
-    found = [f"{key}: saved {saved[key]}, expected {wanted[key]}"
-             for key in sorted(saved.keys() & wanted.keys(), key=params_first) if saved[key] != wanted[key]]
-    found += [f"{key}: only in the checkpoint" for key in sorted(saved.keys() - wanted.keys())]
-    found += [f"{key}: not in the checkpoint" for key in sorted(wanted.keys() - saved.keys())]
-    return found
+  def _set_aside_damaged(self, step, error):
+    why = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    logging.warning("Checkpoint %d in %s is damaged or unreadable (%s: %s); setting it aside and resuming "
+                    "from the one before.", step, self.directory, type(error).__name__, why[:200])
+    self._move_aside([step])
 
   def set_aside_from(self, step):
-    """Moves the checkpoints of `step` and later to `checkpoints_set_aside/`: out of the
-    way of a resume, still there to look at. Returns the steps moved."""
+    """Moves the checkpoints of `step` and later out of the way of a resume (see
+    `_move_aside`). Returns the steps moved."""
     self._manager.wait_until_finished()
     moved = sorted(saved for saved in self._manager.all_steps() if saved >= step)
-    if moved and jax.process_index() == 0:
+    self._move_aside(moved)
+    return moved
+
+  def _move_aside(self, steps):
+    """To `checkpoints_set_aside/<step>`: still there to look at, no longer resumed from."""
+    if steps and jax.process_index() == 0:
       aside = os.path.join(os.path.dirname(self.directory), "checkpoints_set_aside")
       os.makedirs(aside, exist_ok=True)
-      for saved in moved:
-        target, n = os.path.join(aside, str(saved)), 1
-        while os.path.exists(target):  # Set aside before, by an earlier divergence.
-          target, n = os.path.join(aside, f"{saved}.{n}"), n + 1
-        os.rename(os.path.join(self.directory, str(saved)), target)
-    return moved
+      for step in steps:
+        target, n = os.path.join(aside, str(step)), 1
+        while os.path.exists(target):  # Set aside before, by an earlier run.
+          target, n = os.path.join(aside, f"{step}.{n}"), n + 1
+        os.rename(os.path.join(self.directory, str(step)), target)
+    self._manager.reload()  # Forget the steps it listed.
 
   def close(self):
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _mismatches(saved, wanted):
+  """What differs between the saved state's arrays and the ones this run expects."""
+  params_first = lambda key: (not key.startswith("params/"), key)
+  found = [f"{key}: saved {saved[key]}, expected {wanted[key]}"
+           for key in sorted(saved.keys() & wanted.keys(), key=params_first) if saved[key] != wanted[key]]
+  found += [f"{key}: only in the checkpoint" for key in sorted(saved.keys() - wanted.keys())]
+  found += [f"{key}: not in the checkpoint" for key in sorted(wanted.keys() - saved.keys())]
+  return found
 
 
 def _shapes(tree):

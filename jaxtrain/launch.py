@@ -9,6 +9,7 @@ these flags is not wired up yet.)
 import logging as std_logging
 import os
 import re
+import signal
 import sys
 import traceback
 
@@ -20,6 +21,7 @@ from ml_collections import config_flags
 
 from jaxtrain import train
 from jaxtrain.errors import UserError
+from jaxtrain.preemption import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file: path/to/experiment.py, or path.py:arg.", lock_config=True)
@@ -54,6 +56,9 @@ def main(argv):
     _fail(f"--config={config_file}: no such file")
   try:
     train.run(_CONFIG.value, _WORKDIR.value)
+  except Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(128 + signal.SIGTERM)  # As if the signal had ended it: the job is not finished.
   except UserError as e:
     if _TRACEBACK.value:
       traceback.print_exc()

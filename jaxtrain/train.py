@@ -24,6 +24,8 @@ from jaxtrain import optim
 from jaxtrain import parallel
 from jaxtrain import step as step_lib
 from jaxtrain.errors import UserError
+from jaxtrain.preemption import Preempted, PreemptionWatch
+from jaxtrain.workdir_lock import WorkdirLock
 
 
 class NonFiniteLoss(UserError):
@@ -83,28 +85,32 @@ def run(config, workdir):
 
   # ---- Work directory: fresh start or resume ------------------------------------------
   _check_workdir(workdir)
-  ckpt = checkpoint.Checkpointer(workdir, every_steps=ckpt_every, keep=ckpt_keep)
-  train_iter = data.pipeline.iterate(train_ds, num_threads=num_threads, prefetch=prefetch)
-  pending = []  # Per-step metrics since the last log: on the device until the next log.
-  if ckpt.latest_step() is not None:
-    if ckpt.latest_step() > total_steps:
-      raise UserError(f"the newest checkpoint in {workdir} is at step {ckpt.latest_step()}, past the "
-                      f"{total_steps} steps this config trains for; raise the total or use a new --workdir")
-    state, pending = ckpt.restore(ckpt.latest_step(), abstract_state, train_iter)
-    logging.info("Resumed from checkpoint at step %d.", int(state.step))
-  else:
-    state = strategy.init(create)
-  first_step = int(state.step)
-  _write_config(workdir, config)
-  writer = metrics_lib.Writer(workdir, start_step=first_step)
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info("%s: %s parameters, %d steps (%d per epoch), global batch %d, devices: %d.",
-               cfg.model.name, f"{num_params:,}", total_steps, steps_per_epoch, batch_size, jax.device_count())
-
-  # ---- Loop ---------------------------------------------------------------------------
-  progress = metrics_lib.Progress(first_step, total_steps, batch_size)
+  lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None  # flock does not span hosts.
+  preemption = PreemptionWatch().start()
+  ckpt = writer = None
   last = {}
   try:
+    ckpt = checkpoint.Checkpointer(workdir, every_steps=ckpt_every, keep=ckpt_keep)
+    train_iter = data.pipeline.iterate(train_ds, num_threads=num_threads, prefetch=prefetch)
+    pending = []  # Per-step metrics since the last log: on the device until the next log.
+    restored = ckpt.restore_newest(abstract_state, train_iter)
+    if restored:
+      state, pending = restored
+      if int(state.step) > total_steps:
+        raise UserError(f"the newest checkpoint in {workdir} is at step {int(state.step)}, past the "
+                        f"{total_steps} steps this config trains for; raise the total or use a new --workdir")
+      logging.info("Resumed from checkpoint at step %d.", int(state.step))
+    else:
+      state = strategy.init(create)
+    first_step = int(state.step)
+    _write_config(workdir, config)
+    writer = metrics_lib.Writer(workdir, start_step=first_step)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    logging.info("%s: %s parameters, %d steps (%d per epoch), global batch %d, devices: %d.",
+                 cfg.model.name, f"{num_params:,}", total_steps, steps_per_epoch, batch_size, jax.device_count())
+
+    # ---- Loop -------------------------------------------------------------------------
+    progress = metrics_lib.Progress(first_step, total_steps, batch_size)
     for step in range(first_step + 1, total_steps + 1):
       state, step_metrics = train_step(state, strategy.shard(next(train_iter)))
       pending.append(step_metrics)
@@ -118,8 +124,10 @@ def run(config, workdir):
         metrics_lib.log(metrics_lib.progress_line(step, total_steps, train_metrics, rates))
         last.update(row)
 
+      preempted = preemption.reached(step)
+      save = preempted or ckpt.due(step, total_steps)
       due = [scheduled for scheduled in evaluators if scheduled.due(step, total_steps)]
-      if due or ckpt.due(step, total_steps):
+      if due or save:
         jax.block_until_ready(state)  # The steps in flight are training time, not evaluation.
         with progress.pause():
           pending = _on_host(pending)
@@ -131,8 +139,10 @@ def run(config, workdir):
             metrics_lib.log(metrics_lib.eval_line(scheduled.name, result))
             last.update(row)
           # After the evaluations: a saved step always has its rows, so a resume never skips one.
-          if ckpt.due(step, total_steps):
+          if save:
             ckpt.save(step, state, train_iter, pending)
+      if preempted:
+        raise Preempted(step)  # `finally` waits for the save to be complete.
   except NonFiniteLoss as e:
     # The state saved just before the bad step produced it: not a good one to resume from.
     moved = ckpt.set_aside_from(e.step - 1)
@@ -141,8 +151,13 @@ def run(config, workdir):
                           f"to {workdir}/checkpoints_set_aside", e.step) from None
     raise
   finally:
-    ckpt.close()  # Waits for a save in flight.
-    writer.close()
+    if ckpt:
+      ckpt.close()  # Waits for a save in flight.
+    if writer:
+      writer.close()
+    preemption.stop()
+    if lock:
+      lock.release()
   return last
 
 
