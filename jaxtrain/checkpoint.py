@@ -1,9 +1,13 @@
 """Orbax checkpoints of the train state and the data iterator, in `workdir/checkpoints/`.
 
-Each saved step is one directory, `checkpoints/<step>/`, with three items: 'state' (the
-TrainState, global arrays), 'data' (the Grain iterator position of this process) and
-'pending' (the per-step metrics since the last log, so that a resumed run logs the same
-averages as an uninterrupted one).
+Each saved step is one directory, `checkpoints/<step>/`, with one item each for
+  params     the model parameters (a fine-tuning run can restore these alone),
+  opt_state  the optimizer state,
+  rest       step, RNG key and model state (batch statistics),
+  data       the Grain iterator position of this process,
+  metadata   JSON: the per-step metrics since the last log (so a resumed run logs the
+             same averages as an uninterrupted one), the last metrics, the resolved
+             config and the training seconds so far.
 Saves are asynchronous: training goes on while the files are written, and Orbax only
 makes a step visible once all of it is on disk.
 """
@@ -26,8 +30,8 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self._manager = ocp.CheckpointManager(
         self.directory,
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
-                       "pending": ocp.JsonCheckpointHandler()},
+        item_handlers={**{name: ocp.StandardCheckpointHandler() for name in _ARRAY_ITEMS},
+                       "data": grain.checkpoint.CheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True),
     )
 
@@ -37,37 +41,39 @@ class Checkpointer:
   def due(self, step, total_steps):
     return config_lib.due(step, self.every_steps, total_steps)
 
-  def save(self, step, state, data_iterator, pending):
-    """`pending`: a list of {metric: float}, one per step since the last log."""
+  def save(self, step, state, data_iterator, metadata):
+    """`metadata`: JSON-able, e.g. {'pending': [{metric: float}, ...], ...}."""
+    arrays = {name: ocp.args.StandardSave(tree) for name, tree in _split(state).items()}
     self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
-        pending=ocp.args.JsonSave(pending)))
+        **arrays, data=grain.checkpoint.CheckpointSave(data_iterator), metadata=ocp.args.JsonSave(metadata)))
 
   def restore_newest(self, abstract_state, data_iterator):
-    """(state, pending) of the newest checkpoint that reads, or None if there is none; it
+    """(state, metadata) of the newest checkpoint that reads, or None if there is none; it
     moves `data_iterator` in place. A newer checkpoint that does not read (damaged, or cut
     short outside Orbax's atomic rename) is set aside with a warning naming its step."""
     for step in sorted(self._manager.all_steps(), reverse=True):
+      wanted = _split(abstract_state)
       try:
-        saved = _shapes(self._manager.item_metadata(step)["state"])
+        stored = self._manager.item_metadata(step)
+        saved = _shapes({name: stored[name] for name in _ARRAY_ITEMS})
       except Exception as e:  # pylint: disable=broad-except  (unreadable, whatever the cause)
         self._set_aside_damaged(step, e)
         continue
-      mismatches = _mismatches(saved, _shapes(abstract_state))
+      mismatches = _mismatches(saved, _shapes(wanted))
       if mismatches:
         raise UserError(f"checkpoint {self.directory}/{step} does not fit this run's model or optimizer "
                         f"({'; '.join(mismatches[:5])}{'; ...' if len(mismatches) > 5 else ''}); "
                         f"resume with the config it was saved with, or use a new --workdir")
-      items = dict(state=ocp.args.StandardRestore(abstract_state),
-                   data=grain.checkpoint.CheckpointRestore(data_iterator))
-      if os.path.isdir(os.path.join(self.directory, str(step), "pending")):  # Absent before it was added.
-        items["pending"] = ocp.args.JsonRestore()
+      items = {name: ocp.args.StandardRestore(tree) for name, tree in wanted.items()}
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            **items, data=grain.checkpoint.CheckpointRestore(data_iterator), metadata=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-except
         self._set_aside_damaged(step, e)
         continue
-      return restored["state"], restored["pending"] if "pending" in items else []
+      rest = restored["rest"]
+      state = abstract_state.replace(params=restored["params"], opt_state=restored["opt_state"], **rest)
+      return state, restored["metadata"]
     return None
 
   def _set_aside_damaged(self, step, error):
@@ -99,6 +105,15 @@ class Checkpointer:
   def close(self):
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+_ARRAY_ITEMS = ("params", "opt_state", "rest")
+
+
+def _split(state):
+  """A TrainState as the checkpoint's array items."""
+  return {"params": state.params, "opt_state": state.opt_state,
+          "rest": {"step": state.step, "rng": state.rng, "model_state": state.model_state}}
 
 
 def _mismatches(saved, wanted):

@@ -63,12 +63,14 @@ def _plain(value):
 
 
 class Progress:
-  """Throughput and ETA of the training steps, not counting evaluation or checkpointing."""
+  """Throughput and ETA of the training steps, not counting evaluation or checkpointing,
+  and the training seconds so far (`train_seconds`: carried over a resume)."""
 
-  def __init__(self, first_step, total_steps, batch_size):
+  def __init__(self, first_step, total_steps, batch_size, train_seconds=0.0):
     self.total_steps, self.batch_size = total_steps, batch_size
     self._last_step, self._last_time = first_step, time.perf_counter()
     self._paused = 0.0
+    self.train_seconds = train_seconds
 
   @contextlib.contextmanager
   def pause(self):
@@ -84,10 +86,11 @@ class Progress:
     now = time.perf_counter()
     seconds = max(now - self._last_time - self._paused, 1e-9)
     steps_per_sec = (step - self._last_step) / seconds
+    self.train_seconds += seconds
     self._last_step, self._last_time, self._paused = step, now, 0.0
     eta = (self.total_steps - step) / steps_per_sec if steps_per_sec > 0 else float("inf")
     return {"steps_per_sec": steps_per_sec, "examples_per_sec": steps_per_sec * self.batch_size,
-            "eta_seconds": eta}
+            "eta_seconds": eta, "train_seconds": self.train_seconds}
 
 
 def progress_line(step, total_steps, train_metrics, rates):

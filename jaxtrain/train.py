@@ -6,6 +6,7 @@ The loop never waits for the device except when it logs, saves or evaluates.
 """
 
 import functools
+import json
 import os
 import traceback
 
@@ -93,9 +94,11 @@ def run(config, workdir):
     ckpt = checkpoint.Checkpointer(workdir, every_steps=ckpt_every, keep=ckpt_keep)
     train_iter = data.pipeline.iterate(train_ds, num_threads=num_threads, prefetch=prefetch)
     pending = []  # Per-step metrics since the last log: on the device until the next log.
+    train_seconds = 0.0
     restored = ckpt.restore_newest(abstract_state, train_iter)
     if restored:
-      state, pending = restored
+      state, metadata = restored
+      pending, train_seconds = metadata["pending"], metadata["train_seconds"]
       if int(state.step) > total_steps:
         raise UserError(f"the newest checkpoint in {workdir} is at step {int(state.step)}, past the "
                         f"{total_steps} steps this config trains for; raise the total or use a new --workdir")
@@ -103,14 +106,14 @@ def run(config, workdir):
     else:
       state = strategy.init(create)
     first_step = int(state.step)
-    _write_config(workdir, config)
+    _write_config(workdir, config, first_step)
     writer = metrics_lib.Writer(workdir, start_step=first_step)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("%s: %s parameters, %d steps (%d per epoch), global batch %d, devices: %d.",
                  cfg.model.name, f"{num_params:,}", total_steps, steps_per_epoch, batch_size, jax.device_count())
 
     # ---- Loop -------------------------------------------------------------------------
-    progress = metrics_lib.Progress(first_step, total_steps, batch_size)
+    progress = metrics_lib.Progress(first_step, total_steps, batch_size, train_seconds)
     for step in range(first_step + 1, total_steps + 1):
       state, step_metrics = train_step(state, strategy.shard(next(train_iter)))
       pending.append(step_metrics)
@@ -140,7 +143,8 @@ def run(config, workdir):
             last.update(row)
           # After the evaluations: a saved step always has its rows, so a resume never skips one.
           if save:
-            ckpt.save(step, state, train_iter, pending)
+            ckpt.save(step, state, train_iter, {"pending": pending, "metrics": last, "config": config.to_dict(),
+                                                "train_seconds": progress.train_seconds})
       if preempted:
         raise Preempted(step)  # `finally` waits for the save to be complete.
   except NonFiniteLoss as e:
@@ -194,10 +198,39 @@ def _check_workdir(workdir):
     raise UserError(f"--workdir={workdir} is not writable; pick a writable directory")
 
 
-def _write_config(workdir, config):
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+def _write_config(workdir, config, first_step):
+  """Writes config.json. Resuming with a changed config logs what changed and keeps the
+  earlier one as config_history/until_step_<N>.json (N: where the new one takes over)."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "config.json")
+  text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+  if os.path.exists(path) and first_step > 0:
+    with open(path, encoding="utf-8") as f:
+      before = f.read()
+    if before != text:
+      changes = _differences(_flat(json.loads(before)), _flat(json.loads(text)))
+      logging.warning("Resuming at step %d with a changed config: %s.", first_step, "; ".join(changes) or "formatting")
+      os.makedirs(os.path.join(workdir, "config_history"), exist_ok=True)
+      os.replace(path, os.path.join(workdir, "config_history", f"until_step_{first_step}.json"))
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+def _flat(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _differences(before, after):
+  return [f"{key} {before.get(key)!r} -> {after.get(key)!r}"
+          for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)]
 
 
 def _on_host(pending):

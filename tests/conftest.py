@@ -3,6 +3,8 @@
 import importlib.util
 import os
 
+import jax
+import orbax.checkpoint as ocp
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,3 +22,16 @@ def load_experiment(name):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def read_checkpoint(workdir, step, like=None):
+  """The array items of a saved step: {'params': ..., 'opt_state': ..., 'rest': ...}.
+
+  `like` (the same structure) gives target shapes and shardings, e.g. to restore a
+  checkpoint written on 8 devices on one."""
+  items = {}
+  with ocp.StandardCheckpointer() as ckptr:
+    for name in ("params", "opt_state", "rest"):
+      target = None if like is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, like[name])
+      items[name] = ckptr.restore(os.path.join(workdir, "checkpoints", str(step), name), target)
+  return items

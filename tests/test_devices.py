@@ -7,8 +7,8 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
+from conftest import read_checkpoint
 from jaxtrain import train
 from test_train import tiny_config
 
@@ -30,10 +30,7 @@ def losses_and_state(workdir, like=None):
   losses = [r["train/loss"] for r in rows if "train/loss" in r]
   accuracy = [r["val/accuracy"] for r in rows if "val/accuracy" in r]
   # `like` gives the target shapes and shardings: an 8-device checkpoint restores on 1 device.
-  target = None if like is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-  with ocp.StandardCheckpointer() as ckptr:
-    state = ckptr.restore(os.path.join(workdir, "checkpoints", "30", "state"), target)
-  return losses, accuracy, state
+  return losses, accuracy, read_checkpoint(workdir, 30, like)
 
 
 def test_eight_devices_match_one(tfds_dir, tmp_path):

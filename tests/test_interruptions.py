@@ -15,10 +15,9 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, read_checkpoint
 
 DIGITS = os.path.join(ROOT, "experiments", "digits.py")
 TOTAL = 300
@@ -62,13 +61,12 @@ def wait_for_step(process, workdir, step):
 
 def rows(workdir):
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    return [{k: v for k, v in json.loads(line).items() if not k.endswith(("_per_sec", "eta_seconds"))}
+    return [{k: v for k, v in json.loads(line).items() if not k.endswith(("_per_sec", "_seconds"))}
             for line in f]
 
 
 def final_state(workdir):
-  with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(os.path.join(workdir, "checkpoints", str(TOTAL), "state"))
+  return read_checkpoint(workdir, TOTAL)
 
 
 def assert_same_run(workdir, reference):
@@ -138,7 +136,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_resumes(ref
   process.wait()
   saved = sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit())
   newest = saved[-1]
-  data_files = os.path.join(workdir, "checkpoints", str(newest), "state", "ocdbt.process_0", "d")
+  data_files = os.path.join(workdir, "checkpoints", str(newest), "params", "ocdbt.process_0", "d")
   for name in os.listdir(data_files):  # As a full disk or a bad copy would leave it.
     with open(os.path.join(data_files, name), "r+b") as f:
       f.truncate(10)

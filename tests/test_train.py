@@ -6,10 +6,9 @@ import shutil
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from conftest import load_experiment
+from conftest import load_experiment, read_checkpoint
 from jaxtrain import evals
 from jaxtrain import train
 from jaxtrain.errors import UserError
@@ -42,8 +41,7 @@ def read_rows(workdir):
 
 
 def restore_params(workdir, step):
-  with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(os.path.join(workdir, "checkpoints", str(step), "state"))["params"]
+  return read_checkpoint(workdir, step)["params"]
 
 
 def test_run_writes_config_metrics_tensorboard_and_checkpoints(tfds_dir, tmp_path):
@@ -71,7 +69,7 @@ def test_run_writes_config_metrics_tensorboard_and_checkpoints(tfds_dir, tmp_pat
 
 
 def drop_timing(rows):
-  return [{k: v for k, v in r.items() if not k.endswith(("_per_sec", "eta_seconds"))} for r in rows]
+  return [{k: v for k, v in r.items() if not k.endswith(("_per_sec", "_seconds"))} for r in rows]
 
 
 @pytest.mark.parametrize("checkpoint_every", [10, 15])  # On a log step, and between two.
@@ -107,6 +105,20 @@ def test_train_rows_average_every_step_of_their_interval(tfds_dir, tmp_path):
     interval = [r for r in fine if row["step"] - 10 < r["step"] <= row["step"]]
     for key in ("train/loss", "train/accuracy", "train/grad_norm", "train/lr"):
       np.testing.assert_allclose(row[key], np.mean([r[key] for r in interval]), rtol=1e-6)
+
+
+def test_resuming_with_a_changed_config_logs_the_changes_and_keeps_the_earlier_config(tfds_dir, tmp_path, caplog):
+  workdir = tmp_path / "run"
+  train.run(tiny_config(total_steps=20), str(workdir))
+  first = (workdir / "config.json").read_text()
+  more = tiny_config(total_steps=30)
+  more.optimizer.lr = 1e-3
+  with caplog.at_level("WARNING"):
+    train.run(more, str(workdir))
+  assert ("Resuming at step 20 with a changed config: optimizer.lr 0.003 -> 0.001; total_steps 20 -> 30."
+          in caplog.text)
+  assert (workdir / "config_history" / "until_step_20.json").read_text() == first
+  assert json.loads((workdir / "config.json").read_text())["total_steps"] == 30
 
 
 def test_a_finished_run_started_again_does_no_more_steps(tfds_dir, tmp_path):
