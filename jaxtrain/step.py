@@ -44,8 +44,11 @@ def _accuracy(logits, labels):
   return (jnp.argmax(logits, -1) == jnp.argmax(labels, -1)).astype(jnp.float32)
 
 
-def make_train_step(model, tx, loss_fn, lr_fn):
-  """(state, batch) -> (state, metrics): one optimizer step on the batch's mean loss."""
+def make_train_step(model, tx, loss_fn, lr_fn, skip_nonfinite=False):
+  """(state, batch) -> (state, metrics): one optimizer step on the batch's mean loss.
+
+  With `skip_nonfinite`, a step whose loss or gradients are not finite changes nothing
+  but the step counter (so the data and RNG move on), and reports `skipped` = 1."""
 
   def train_step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -67,6 +70,12 @@ def make_train_step(model, tx, loss_fn, lr_fn):
         "grad_norm": optax.global_norm(grads),
         "lr": lr_fn(state.step),
     }
+    if skip_nonfinite:
+      ok = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
+      unchanged = state.replace(step=state.step + 1)
+      new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, unchanged)
+      metrics = {**{k: jnp.where(ok, v, 0.0) for k, v in metrics.items() if k != "lr"},
+                 "lr": metrics["lr"], "skipped": 1.0 - ok.astype(jnp.float32)}
     return new_state, metrics
 
   return train_step

@@ -72,8 +72,9 @@ def run(config, workdir):
   example_input = np.zeros((1,) + first_batch["image"].shape[1:], first_batch["image"].dtype)
   create = functools.partial(step_lib.create_state, model, tx, example_input, seed)
   abstract_state = _must_fit("initialising the model", lambda: strategy.abstract_state(create))
+  skip_nonfinite = cfg.get("skip_nonfinite", False)
   train_step = _must_fit("compiling the train step (input.pp, model, loss, optimizer)", lambda: strategy.compile_step(
-      step_lib.make_train_step(model, tx, loss_fn, lr_fn), abstract_state, first_batch, donate=True))
+      step_lib.make_train_step(model, tx, loss_fn, lr_fn, skip_nonfinite), abstract_state, first_batch, donate=True))
 
   # ---- Evaluators and checkpoints -----------------------------------------------------
   context = evals.Context(model=model, loss_fn=loss_fn, strategy=strategy, batch_size=batch_size,
@@ -239,9 +240,14 @@ def _on_host(pending):
 
 
 def _mean_of(pending, first_step):
+  """Interval means; skipped steps (skip_nonfinite) are counted, not averaged in."""
   values = _on_host(pending)
   _check_finite(values, first_step)
-  return {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+  kept = [v for v in values if not v.get("skipped")] or values[-1:]
+  means = {k: float(np.mean([v[k] for v in kept])) for k in values[0] if k != "skipped"}
+  if "skipped" in values[0]:
+    means["skipped_steps"] = int(sum(v["skipped"] for v in values))
+  return means
 
 
 def _check_finite(values, first_step):

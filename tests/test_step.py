@@ -307,3 +307,18 @@ def test_compile_step_without_donation_keeps_the_state(strategy):
   batch = strategy.shard(local_batch)
   assert int(eval_step(state, batch)["count"]) == BATCH
   assert not any(x.is_deleted() for x in jax.tree.leaves(state))
+
+
+def test_skip_nonfinite_leaves_the_state_but_advances_the_step():
+  model, tx, loss_fn, lr_fn, state = build(MLP)
+  step = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn, skip_nonfinite=True))
+  batch = make_batch()
+  bad = {**batch, "image": np.full_like(batch["image"], np.nan)}
+  new_state, metrics = step(state, bad)
+  assert int(new_state.step) == int(state.step) + 1 and float(metrics["skipped"]) == 1.0
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  good_state, good = step(new_state, batch)
+  assert float(good["skipped"]) == 0.0 and np.isfinite(float(good["loss"]))
+  assert not all(np.array_equal(np.asarray(a), np.asarray(b))
+                 for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(good_state.params)))

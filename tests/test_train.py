@@ -194,3 +194,30 @@ def test_workdir_that_is_a_file_is_refused(tfds_dir, tmp_path):
   with pytest.raises(UserError, match="is a file, not a directory"):
     train.run(tiny_config(), str(path))
   assert path.read_text() == "keep me"
+
+
+def poison_batches_starting_with(label):
+  """A preprocessing op for the test below: NaN images in batches whose first label is `label`."""
+  def fn(batch):
+    if batch["label"][0] == label:
+      batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+    return batch
+  return fn
+
+
+def test_skip_nonfinite_skips_bad_steps_counts_them_and_finishes(tfds_dir, tmp_path):
+  c = tiny_config()
+  c.input.pp = c.input.pp.replace("random_shift(1)|", "random_shift(1)|test_train:poison_batches_starting_with(3)|")
+  c.skip_nonfinite = True
+  workdir = str(tmp_path / "run")
+  last = train.run(c, workdir)
+  train_rows = [r for r in read_rows(workdir) if "train/loss" in r]
+  skipped = sum(r["train/skipped_steps"] for r in train_rows)
+  assert 0 < skipped < 10  # About one batch in ten starts with a 3.
+  assert all(np.isfinite(r["train/loss"]) for r in train_rows)
+  assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(restore_params(workdir, 30)))
+  assert np.isfinite(last["val/loss"]) and last["val/accuracy"] > 0.2  # Chance is 0.1.
+
+  c.skip_nonfinite = False  # The same data without the option stops at the first poisoned batch.
+  with pytest.raises(train.NonFiniteLoss):
+    train.run(c, str(tmp_path / "strict"))
