@@ -25,14 +25,24 @@ from jaxtrain.errors import UserError
 
 class Checkpointer:
 
-  def __init__(self, workdir, *, every_steps, keep):
+  def __init__(self, workdir, *, every_steps, keep, keep_best=0, best_metric=None, best_mode="max"):
+    """Keeps the `keep` newest checkpoints and, with `keep_best`, also that many of the best
+    by `best_metric` (highest for best_mode 'max', lowest for 'min')."""
     self.every_steps = every_steps
+    self.best_metric = best_metric if keep_best else None
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+    if keep_best:
+      policies.append(ocp.checkpoint_managers.BestN(
+          get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == "min", n=keep_best,
+          keep_checkpoints_without_metrics=False))
     self._manager = ocp.CheckpointManager(
         self.directory,
         item_handlers={**{name: ocp.StandardCheckpointHandler() for name in _ARRAY_ITEMS},
                        "data": grain.checkpoint.CheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True),
+        options=ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            create=True, enable_async_checkpointing=True),
     )
 
   def latest_step(self):
@@ -41,10 +51,12 @@ class Checkpointer:
   def due(self, step, total_steps):
     return config_lib.due(step, self.every_steps, total_steps)
 
-  def save(self, step, state, data_iterator, metadata):
-    """`metadata`: JSON-able, e.g. {'pending': [{metric: float}, ...], ...}."""
+  def save(self, step, state, data_iterator, metadata, metrics_now):
+    """`metadata`: JSON-able, e.g. {'pending': [{metric: float}, ...], ...}; `metrics_now`:
+    the metrics written at this step (ranks it when keeping the best)."""
     arrays = {name: ocp.args.StandardSave(tree) for name, tree in _split(state).items()}
-    self._manager.save(step, args=ocp.args.Composite(
+    best = {self.best_metric: metrics_now[self.best_metric]} if self.best_metric in metrics_now else None
+    self._manager.save(step, metrics=best, args=ocp.args.Composite(
         **arrays, data=grain.checkpoint.CheckpointSave(data_iterator), metadata=ocp.args.JsonSave(metadata)))
 
   def restore_newest(self, abstract_state, data_iterator):

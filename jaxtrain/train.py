@@ -24,7 +24,7 @@ from jaxtrain import models
 from jaxtrain import optim
 from jaxtrain import parallel
 from jaxtrain import step as step_lib
-from jaxtrain.errors import UserError
+from jaxtrain.errors import UserError, did_you_mean
 from jaxtrain.preemption import Preempted, PreemptionWatch
 from jaxtrain.workdir_lock import WorkdirLock
 
@@ -83,6 +83,7 @@ def run(config, workdir):
   ckpt_config = cfg.section("checkpoint")
   ckpt_every = config_lib.steps(ckpt_config, "every", default=None, **durations)
   ckpt_keep = _at_least(ckpt_config, "keep", 3, minimum=1)
+  keep_best = _best_checkpoints(ckpt_config, evaluators)
   config_lib.check_all_read(cfg)  # Every key was read: nothing in the config is a typo.
 
   # ---- Work directory: fresh start or resume ------------------------------------------
@@ -92,7 +93,7 @@ def run(config, workdir):
   ckpt = writer = None
   last = {}
   try:
-    ckpt = checkpoint.Checkpointer(workdir, every_steps=ckpt_every, keep=ckpt_keep)
+    ckpt = checkpoint.Checkpointer(workdir, every_steps=ckpt_every, keep=ckpt_keep, **keep_best)
     train_iter = data.pipeline.iterate(train_ds, num_threads=num_threads, prefetch=prefetch)
     pending = []  # Per-step metrics since the last log: on the device until the next log.
     train_seconds = 0.0
@@ -118,6 +119,7 @@ def run(config, workdir):
     for step in range(first_step + 1, total_steps + 1):
       state, step_metrics = train_step(state, strategy.shard(next(train_iter)))
       pending.append(step_metrics)
+      written = {}  # The metrics written at this step.
 
       if step % log_every == 0 or step == total_steps:
         train_metrics = _mean_of(pending, first_step=step - len(pending) + 1)
@@ -126,7 +128,7 @@ def run(config, workdir):
         row = {f"train/{k}": v for k, v in {**train_metrics, **rates, "epoch": step / steps_per_epoch}.items()}
         writer.write(step, row)
         metrics_lib.log(metrics_lib.progress_line(step, total_steps, train_metrics, rates))
-        last.update(row)
+        written.update(row)
 
       preempted = preemption.reached(step)
       save = preempted or ckpt.due(step, total_steps)
@@ -141,11 +143,13 @@ def run(config, workdir):
             row = {f"{scheduled.name}/{k}": v for k, v in result.items()}
             writer.write(step, row)
             metrics_lib.log(metrics_lib.eval_line(scheduled.name, result))
-            last.update(row)
+            written.update(row)
           # After the evaluations: a saved step always has its rows, so a resume never skips one.
           if save:
-            ckpt.save(step, state, train_iter, {"pending": pending, "metrics": last, "config": config.to_dict(),
-                                                "train_seconds": progress.train_seconds})
+            ckpt.save(step, state, train_iter, {"pending": pending, "metrics": {**last, **written},
+                                                "config": config.to_dict(),
+                                                "train_seconds": progress.train_seconds}, written)
+      last.update(written)
       if preempted:
         raise Preempted(step)  # `finally` waits for the save to be complete.
   except NonFiniteLoss as e:
@@ -171,6 +175,23 @@ def _at_least(section, key, default, *, minimum):
   if value < minimum:
     raise UserError(f"config key '{section.path(key)}' must be at least {minimum}, got {value}")
   return value
+
+
+def _best_checkpoints(ckpt_config, evaluators):
+  """Checkpointer arguments for checkpoint.keep_best / best_metric / best_mode."""
+  keep_best = _at_least(ckpt_config, "keep_best", 0, minimum=0)
+  if not keep_best:
+    return {}
+  metric = ckpt_config.get("best_metric", config_lib.REQUIRED, kind=str)
+  mode = ckpt_config.get("best_mode", "max")
+  known = {f"{s.name}/{name}" for s in evaluators for name in getattr(s.evaluator, "metric_names", ())}
+  known |= {"train/loss", "train/accuracy"}
+  if metric not in known:
+    raise UserError(f"checkpoint.best_metric='{metric}' is not a metric of this run{did_you_mean(metric, known)}; "
+                    f"it has {', '.join(sorted(known))}")
+  if mode not in ("max", "min"):
+    raise UserError(f"checkpoint.best_mode must be 'max' or 'min', got {mode!r}")
+  return dict(keep_best=keep_best, best_metric=metric, best_mode=mode)
 
 
 def _must_fit(what, build):

@@ -88,6 +88,11 @@ CASES = [
      r"input.batch_size=4096 is larger than the 1438 training examples"),
     ("warmup longer than training", lambda c: c.schedule.update(warmup_steps=30),
      r"the warmup \(30 steps\) must be shorter than training \(30 steps\)"),
+    ("unknown best metric", lambda c: c.checkpoint.update(keep_best=1, best_metric="val/acuracy"),
+     r"checkpoint.best_metric='val/acuracy' is not a metric of this run \(did you mean 'val/accuracy'\?\); "
+     r"it has train/accuracy, train/loss, val/accuracy, val/loss, val/num_examples"),
+    ("unknown best mode", lambda c: c.checkpoint.update(keep_best=1, best_metric="val/loss", best_mode="lowest"),
+     r"checkpoint.best_mode must be 'max' or 'min', got 'lowest'"),
     ("schedule not a section", written_as("schedule", "cosine"),
      r"config key 'schedule' must be a section \(a dict of keys\), got 'cosine'"),
 ]
@@ -102,6 +107,11 @@ def test_bad_config_fails_at_start_up_naming_the_problem(tfds_dir, tmp_path, wha
   with pytest.raises(UserError, match=message):
     train.run(config, str(workdir))
   assert not workdir.exists()
+
+
+def test_a_workdir_that_cannot_be_created_is_named(tfds_dir):
+  with pytest.raises(UserError, match=r"cannot create --workdir=/proc/jaxtrain/run: .*; pick a writable directory"):
+    train.run(tiny_config(), "/proc/jaxtrain/run")  # Even root cannot make directories in /proc.
 
 
 def test_resuming_with_fewer_total_steps_than_the_checkpoint_is_refused(tfds_dir, tmp_path):

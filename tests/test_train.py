@@ -221,3 +221,17 @@ def test_skip_nonfinite_skips_bad_steps_counts_them_and_finishes(tfds_dir, tmp_p
   c.skip_nonfinite = False  # The same data without the option stops at the first poisoned batch.
   with pytest.raises(train.NonFiniteLoss):
     train.run(c, str(tmp_path / "strict"))
+
+
+@pytest.mark.parametrize("mode, kept", [("max", ["10", "30"]), ("min", ["30"])])
+def test_keep_best_keeps_the_newest_and_the_best_by_the_named_metric(tfds_dir, tmp_path, mode, kept):
+  c = tiny_config()
+  c.checkpoint.keep = 1
+  c.checkpoint.keep_best = 1
+  c.checkpoint.best_metric = "val/loss"  # Falls at every evaluation: 'max' keeps the first, 'min' the last.
+  c.checkpoint.best_mode = mode
+  workdir = str(tmp_path / "run")
+  train.run(c, workdir)
+  val_losses = [r["val/loss"] for r in read_rows(workdir) if "val/loss" in r]
+  assert val_losses == sorted(val_losses, reverse=True)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == kept

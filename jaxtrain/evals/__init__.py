@@ -6,7 +6,8 @@
 An evaluator class is built as `cls(section, context)`: it reads its own keys from the
 config `section`, takes what it needs from the `Context`, and compiles its step there
 and then (so a mistake fails at start-up). `run(state) -> {metric: value}` evaluates; the
-loop writes each value as '<section name>/<metric>'. Register new ones with
+loop writes each value as '<section name>/<metric>'. Its `metric_names` lists the metrics
+`run` returns (checkpoint.best_metric may name one). Register new ones with
 `@EVALUATORS.register('type')`, or name one as 'module.path:Class'.
 """
 

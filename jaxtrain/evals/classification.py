@@ -13,6 +13,8 @@ from jaxtrain.evals import EVALUATORS
 class Classification:
   """Reads `data` (name, split, data_dir, cache), `pp` and optionally `batch_size`."""
 
+  metric_names = ("accuracy", "loss", "num_examples")
+
   def __init__(self, config, context):
     self.source = data.open_from_config(config.data, default_data_dir=context.data_dir)
     self.preprocess = data.ops.parse(config.pp, where=config.path("pp"))
