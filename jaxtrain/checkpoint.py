@@ -25,9 +25,11 @@ from jaxtrain.errors import UserError
 
 class Checkpointer:
 
-  def __init__(self, workdir, *, every_steps, keep, keep_best=0, best_metric=None, best_mode="max"):
+  def __init__(self, workdir, *, every_steps=None, keep=3, keep_best=0, best_metric=None, best_mode="max",
+               read_only=False):
     """Keeps the `keep` newest checkpoints and, with `keep_best`, also that many of the best
-    by `best_metric` (highest for best_mode 'max', lowest for 'min')."""
+    by `best_metric` (highest for best_mode 'max', lowest for 'min'). `read_only` opens an
+    existing directory to read (evaluation) and changes nothing."""
     self.every_steps = every_steps
     self.best_metric = best_metric if keep_best else None
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -42,7 +44,7 @@ class Checkpointer:
                        "data": grain.checkpoint.CheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-            create=True, enable_async_checkpointing=True),
+            create=not read_only, read_only=read_only, enable_async_checkpointing=True),
     )
 
   def latest_step(self):
@@ -64,35 +66,38 @@ class Checkpointer:
     moves `data_iterator` in place. A newer checkpoint that does not read (damaged, or cut
     short outside Orbax's atomic rename) is set aside with a warning naming its step."""
     for step in sorted(self._manager.all_steps(), reverse=True):
-      wanted = _split(abstract_state)
       try:
-        stored = self._manager.item_metadata(step)
-        saved = _shapes({name: stored[name] for name in _ARRAY_ITEMS})
-      except Exception as e:  # pylint: disable=broad-except  (unreadable, whatever the cause)
-        self._set_aside_damaged(step, e)
-        continue
-      mismatches = _mismatches(saved, _shapes(wanted))
-      if mismatches:
-        raise UserError(f"checkpoint {self.directory}/{step} does not fit this run's model or optimizer "
-                        f"({'; '.join(mismatches[:5])}{'; ...' if len(mismatches) > 5 else ''}); "
-                        f"resume with the config it was saved with, or use a new --workdir")
-      items = {name: ocp.args.StandardRestore(tree) for name, tree in wanted.items()}
-      try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            **items, data=grain.checkpoint.CheckpointRestore(data_iterator), metadata=ocp.args.JsonRestore()))
-      except Exception as e:  # pylint: disable=broad-except
-        self._set_aside_damaged(step, e)
-        continue
-      rest = restored["rest"]
-      state = abstract_state.replace(params=restored["params"], opt_state=restored["opt_state"], **rest)
-      return state, restored["metadata"]
+        return self.restore(step, abstract_state, data_iterator)
+      except _Unreadable as e:
+        logging.warning("%s; setting it aside and resuming from the one before.", e)
+        self._move_aside([step])
     return None
 
-  def _set_aside_damaged(self, step, error):
-    why = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-    logging.warning("Checkpoint %d in %s is damaged or unreadable (%s: %s); setting it aside and resuming "
-                    "from the one before.", step, self.directory, type(error).__name__, why[:200])
-    self._move_aside([step])
+  def restore(self, step, abstract_state, data_iterator=None):
+    """(state, metadata) of checkpoint `step`, and `data_iterator` (if given) moved in place."""
+    wanted = _split(abstract_state)
+    try:
+      stored = self._manager.item_metadata(step)
+      saved = _shapes({name: stored[name] for name in _ARRAY_ITEMS})
+    except Exception as e:  # pylint: disable=broad-except  (unreadable, whatever the cause)
+      raise _Unreadable(f"checkpoint {self.directory}/{step} is damaged or unreadable ({_why(e)})") from e
+    mismatches = _mismatches(saved, _shapes(wanted))
+    if mismatches:
+      raise UserError(f"checkpoint {self.directory}/{step} does not fit this run's model or optimizer "
+                      f"({'; '.join(mismatches[:5])}{'; ...' if len(mismatches) > 5 else ''}); "
+                      f"resume with the config it was saved with, or use a new --workdir")
+    items = {name: ocp.args.StandardRestore(tree) for name, tree in wanted.items()}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items, metadata=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise _Unreadable(f"checkpoint {self.directory}/{step} is damaged or unreadable ({_why(e)})") from e
+    state = abstract_state.replace(params=restored["params"], opt_state=restored["opt_state"], **restored["rest"])
+    return state, restored["metadata"]
+
+  def all_steps(self):
+    return sorted(self._manager.all_steps())
 
   def set_aside_from(self, step):
     """Moves the checkpoints of `step` and later out of the way of a resume (see
@@ -120,6 +125,15 @@ class Checkpointer:
 
 
 _ARRAY_ITEMS = ("params", "opt_state", "rest")
+
+
+class _Unreadable(UserError):
+  """A checkpoint that cannot be read."""
+
+
+def _why(error):
+  first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+  return f"{type(error).__name__}: {first[:200]}"
 
 
 def _split(state):

@@ -1,5 +1,6 @@
 """Command line: python -m jaxtrain.launch --config=experiments/NAME.py[:ARG] --workdir=DIR
 
+`--mode=eval [--step=N]` evaluates a checkpoint instead of training.
 `--config.a.b=value` overrides any config value. On several hosts, run the same command
 on every host with `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`,
 which go to `jax.distributed.initialize`. (Detecting Cloud TPU and SLURM clusters without
@@ -19,6 +20,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from jaxtrain import evaluate
 from jaxtrain import train
 from jaxtrain.errors import UserError
 from jaxtrain.preemption import Preempted
@@ -26,6 +28,9 @@ from jaxtrain.preemption import Preempted
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file: path/to/experiment.py, or path.py:arg.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the run keeps config, metrics and checkpoints.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                          "train (or resume); eval: run the evaluators on a checkpoint of --workdir.")
+_STEP = flags.DEFINE_integer("step", None, "With --mode=eval: the checkpoint to evaluate (default: the newest).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: how many processes in all.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
@@ -55,7 +60,10 @@ def main(argv):
   if not os.path.isfile(config_file):
     _fail(f"--config={config_file}: no such file")
   try:
-    train.run(_CONFIG.value, _WORKDIR.value)
+    if _MODE.value == "eval":
+      evaluate.run(_CONFIG.value, _WORKDIR.value, _STEP.value)
+    else:
+      train.run(_CONFIG.value, _WORKDIR.value)
   except Preempted as e:
     logging.warning("%s", e)
     sys.exit(128 + signal.SIGTERM)  # As if the signal had ended it: the job is not finished.

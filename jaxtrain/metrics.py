@@ -15,7 +15,8 @@ import numpy as np
 
 
 class Writer:
-  """Appends to the run's metrics; a resumed run first drops the rows after its step."""
+  """Appends to the run's metrics. A run starting at `start_step` (0, or the step it
+  resumes from) first drops the rows after it; `start_step=None` only appends."""
 
   def __init__(self, workdir, start_step=0):
     self.enabled = jax.process_index() == 0
@@ -23,10 +24,12 @@ class Writer:
       return
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     path = os.path.join(workdir, "metrics.jsonl")
-    _drop_rows_after(path, start_step)
+    if start_step is not None:
+      _drop_rows_after(path, start_step)
     self._jsonl = open(path, "a", encoding="utf-8")
     # purge_step hides the events an interrupted run wrote after the checkpoint.
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30, purge_step=start_step + 1)
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30,
+                             purge_step=None if start_step is None else start_step + 1)
 
   def write(self, step, metrics):
     if not self.enabled:

@@ -5,10 +5,12 @@ mistake fails before the work directory is touched), start fresh or resume, then
 The loop never waits for the device except when it logs, saves or evaluates.
 """
 
+import dataclasses
 import functools
 import json
 import os
 import traceback
+from typing import Any
 
 from absl import logging
 import jax
@@ -29,6 +31,26 @@ from jaxtrain.preemption import Preempted, PreemptionWatch
 from jaxtrain.workdir_lock import WorkdirLock
 
 
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """What `build` makes of a config. Nothing in it has touched a work directory."""
+  config: Any
+  strategy: Any
+  model_name: str
+  batch_size: int
+  steps_per_epoch: int
+  total_steps: int
+  log_every: int
+  train_ds: Any           # Grain MapDataset of this process's batches.
+  num_threads: int
+  prefetch: int
+  create: Any             # () -> a fresh TrainState.
+  abstract_state: Any
+  train_step: Any         # Compiled: (state, batch) -> (state, metrics).
+  evaluators: list
+  checkpointing: dict     # Checkpointer arguments.
+
+
 class NonFiniteLoss(UserError):
   """The loss became NaN or infinite at `step`."""
 
@@ -37,11 +59,10 @@ class NonFiniteLoss(UserError):
     self.step = step
 
 
-def run(config, workdir):
-  """Trains as `config` says, in `workdir`; resumes from its newest checkpoint if any.
-
-  Returns the metrics of the last log and evaluation, keyed '<prefix>/<name>'.
-  """
+def build(config):
+  """Everything a run needs, from the config: data, model, optimizer, the train and eval
+  steps compiled for their shapes, evaluators. Any mistake fails here, before anything is
+  written."""
   cfg = config_lib.Reader(config)
   strategy = parallel.Strategy()
   seed = cfg.get("seed", 0)
@@ -81,10 +102,25 @@ def run(config, workdir):
                           data_dir=data_dir, abstract_state=abstract_state)
   evaluators = _must_fit("building the evaluators", lambda: evals.build_all(cfg.section("evals"), context, durations))
   ckpt_config = cfg.section("checkpoint")
-  ckpt_every = config_lib.steps(ckpt_config, "every", default=None, **durations)
-  ckpt_keep = _at_least(ckpt_config, "keep", 3, minimum=1)
-  keep_best = _best_checkpoints(ckpt_config, evaluators)
+  checkpointing = dict(every_steps=config_lib.steps(ckpt_config, "every", default=None, **durations),
+                       keep=_at_least(ckpt_config, "keep", 3, minimum=1),
+                       **_best_checkpoints(ckpt_config, evaluators))
   config_lib.check_all_read(cfg)  # Every key was read: nothing in the config is a typo.
+  return Experiment(config=config, strategy=strategy, model_name=cfg.model.name, batch_size=batch_size,
+                    steps_per_epoch=steps_per_epoch, total_steps=total_steps, log_every=log_every,
+                    train_ds=train_ds, num_threads=num_threads, prefetch=prefetch, create=create,
+                    abstract_state=abstract_state, train_step=train_step, evaluators=evaluators,
+                    checkpointing=checkpointing)
+
+
+def run(config, workdir):
+  """Trains as `config` says, in `workdir`; resumes from its newest checkpoint if any.
+
+  Returns the metrics of the last log and evaluation, keyed '<prefix>/<name>'.
+  """
+  exp = build(config)
+  strategy, total_steps, steps_per_epoch = exp.strategy, exp.total_steps, exp.steps_per_epoch
+
 
   # ---- Work directory: fresh start or resume ------------------------------------------
   _check_workdir(workdir)
@@ -93,11 +129,11 @@ def run(config, workdir):
   ckpt = writer = None
   last = {}
   try:
-    ckpt = checkpoint.Checkpointer(workdir, every_steps=ckpt_every, keep=ckpt_keep, **keep_best)
-    train_iter = data.pipeline.iterate(train_ds, num_threads=num_threads, prefetch=prefetch)
+    ckpt = checkpoint.Checkpointer(workdir, **exp.checkpointing)
+    train_iter = data.pipeline.iterate(exp.train_ds, num_threads=exp.num_threads, prefetch=exp.prefetch)
     pending = []  # Per-step metrics since the last log: on the device until the next log.
     train_seconds = 0.0
-    restored = ckpt.restore_newest(abstract_state, train_iter)
+    restored = ckpt.restore_newest(exp.abstract_state, train_iter)
     if restored:
       state, metadata = restored
       pending, train_seconds = metadata["pending"], metadata["train_seconds"]
@@ -106,22 +142,23 @@ def run(config, workdir):
                         f"{total_steps} steps this config trains for; raise the total or use a new --workdir")
       logging.info("Resumed from checkpoint at step %d.", int(state.step))
     else:
-      state = strategy.init(create)
+      state = strategy.init(exp.create)
     first_step = int(state.step)
     _write_config(workdir, config, first_step)
     writer = metrics_lib.Writer(workdir, start_step=first_step)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("%s: %s parameters, %d steps (%d per epoch), global batch %d, devices: %d.",
-                 cfg.model.name, f"{num_params:,}", total_steps, steps_per_epoch, batch_size, jax.device_count())
+                 exp.model_name, f"{num_params:,}", total_steps, steps_per_epoch, exp.batch_size,
+                 jax.device_count())
 
     # ---- Loop -------------------------------------------------------------------------
-    progress = metrics_lib.Progress(first_step, total_steps, batch_size, train_seconds)
+    progress = metrics_lib.Progress(first_step, total_steps, exp.batch_size, train_seconds)
     for step in range(first_step + 1, total_steps + 1):
-      state, step_metrics = train_step(state, strategy.shard(next(train_iter)))
+      state, step_metrics = exp.train_step(state, strategy.shard(next(train_iter)))
       pending.append(step_metrics)
       written = {}  # The metrics written at this step.
 
-      if step % log_every == 0 or step == total_steps:
+      if step % exp.log_every == 0 or step == total_steps:
         train_metrics = _mean_of(pending, first_step=step - len(pending) + 1)
         pending = []
         rates = progress.measure(step)
@@ -132,7 +169,7 @@ def run(config, workdir):
 
       preempted = preemption.reached(step)
       save = preempted or ckpt.due(step, total_steps)
-      due = [scheduled for scheduled in evaluators if scheduled.due(step, total_steps)]
+      due = [scheduled for scheduled in exp.evaluators if scheduled.due(step, total_steps)]
       if due or save:
         jax.block_until_ready(state)  # The steps in flight are training time, not evaluation.
         with progress.pause():

@@ -34,6 +34,11 @@ def test_digits_runs_from_the_command_line(tfds_dir, tmp_path):
   assert [r["step"] for r in rows if "train/loss" in r] == [11, 22]
   assert sorted(os.listdir(workdir / "checkpoints")) == ["11", "22"]
 
+  evaluated = launch(f"--config={DIGITS}:mlp", f"--workdir={workdir}", *QUICK, "--mode=eval", "--step=11")
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  val_at_11 = [r for r in rows if r["step"] == 11 and "val/accuracy" in r][0]
+  assert f"val: accuracy {val_at_11['val/accuracy']:.4f}" in evaluated.stderr
+
 
 def test_the_command_line_can_switch_duration_units_and_the_data_directory(tmp_path):
   workdir, data_dir = tmp_path / "run", tmp_path / "data"
