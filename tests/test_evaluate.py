@@ -7,6 +7,7 @@ from jaxtrain import train
 from jaxtrain.errors import UserError
 from test_train import read_rows, tiny_config
 
+
 def test_evaluating_a_checkpoint_matches_the_evaluation_made_while_training(tfds_dir, tmp_path):
   workdir = str(tmp_path / "run")
   train.run(tiny_config(), workdir)
