@@ -141,7 +141,8 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_resumes(ref
     with open(os.path.join(data_files, name), "r+b") as f:
       f.truncate(10)
   result = finish(workdir)
-  assert f"Checkpoint {newest} in " in result.stderr and "is damaged or unreadable" in result.stderr
+  assert (f"checkpoints/{newest} is damaged or unreadable (" in result.stderr
+          and "setting it aside and resuming from the one before" in result.stderr)
   assert f"Resumed from checkpoint at step {saved[-2]}." in result.stderr
   assert str(newest) in os.listdir(os.path.join(workdir, "checkpoints_set_aside"))
   assert_same_run(workdir, reference)
