@@ -88,8 +88,14 @@ def _parse_flags(argv):
     if "Traceback" in text:  # get_config raised: the traceback's last line says why.
       text = f"{text.split(': Error whilst', 1)[0]}: get_config raised {text.strip().splitlines()[-1]}"
     _fail(text)
-  except (AttributeError, KeyError) as e:  # ml_collections has no such key.
-    _fail(_no_such_key(str(e), argv))
+  except SyntaxError as e:
+    _fail(f"--config: {e.filename}:{e.lineno}: SyntaxError: {e.msg}")
+  except (AttributeError, KeyError) as e:
+    if "get_config" in str(e):
+      _fail("--config: the file has no get_config() function; define get_config(arg=None) returning a ConfigDict")
+    _fail(_no_such_key(str(e), argv))  # ml_collections has no such key.
+  except Exception as e:  # pylint: disable=broad-except  (the config module raised while loading)
+    _fail(f"--config: loading the file raised {type(e).__name__}: {e}")
 
 
 def _no_such_key(text, argv):

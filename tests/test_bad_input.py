@@ -1,6 +1,8 @@
 """Mistakes in a config stop the run at start-up with one clear line, before the work
 directory exists: typos, wrong types, impossible values, and parts that do not fit."""
 
+import shutil
+
 import ml_collections
 import pytest
 
@@ -98,6 +100,17 @@ CASES = [
 ]
 
 
+def snapshot(workdir):
+  return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tfds_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("finished") / "run"
+  train.run(tiny_config(), str(workdir))
+  return workdir
+
+
 @pytest.mark.parametrize("what, change, message", CASES, ids=[case[0] for case in CASES])
 def test_bad_config_fails_at_start_up_naming_the_problem(tfds_dir, tmp_path, what, change, message):
   del what
@@ -107,6 +120,19 @@ def test_bad_config_fails_at_start_up_naming_the_problem(tfds_dir, tmp_path, wha
   with pytest.raises(UserError, match=message):
     train.run(config, str(workdir))
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("what, change, message", CASES, ids=[case[0] for case in CASES])
+def test_bad_config_changes_nothing_in_an_existing_workdir(finished_run, tmp_path, what, change, message):
+  del what
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run, workdir)
+  before = snapshot(workdir)
+  config = tiny_config()
+  config = change(config) or config
+  with pytest.raises(UserError, match=message):
+    train.run(config, str(workdir))
+  assert snapshot(workdir) == before
 
 
 def test_a_workdir_that_cannot_be_created_is_named(tfds_dir):

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 DIGITS = os.path.join(ROOT, "experiments", "digits.py")
@@ -98,6 +100,22 @@ def test_a_missing_config_file_is_one_line(tmp_path):
   result = launch("--config=experiments/nothere.py", f"--workdir={tmp_path / 'run'}")
   assert result.returncode == 2
   assert errors_of(result) == ["error: --config=experiments/nothere.py: no such file"]
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def get_config(:\n  pass\n", "error: --config: {path}:1: SyntaxError: invalid syntax"),
+    ("x = 1\n", "error: --config: the file has no get_config() function; define get_config(arg=None) "
+                "returning a ConfigDict"),
+    ("import no_such_module_anywhere\n", "error: --config: loading the file raised ModuleNotFoundError: "
+                                         "No module named 'no_such_module_anywhere'"),
+])
+def test_a_broken_config_file_is_one_line(tmp_path, source, message):
+  path = tmp_path / "broken.py"
+  path.write_text(source)
+  result = launch(f"--config={path}", f"--workdir={tmp_path / 'run'}")
+  assert result.returncode == 2
+  assert errors_of(result) == [message.format(path=path)]
+  assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
 def test_a_get_config_that_raises_is_one_line(tmp_path):

@@ -94,6 +94,18 @@ def test_rerun_resumes_from_the_newest_checkpoint_and_matches_an_uninterrupted_r
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_a_half_written_checkpoint_is_never_restored(tfds_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  train.run(tiny_config(total_steps=20), workdir)
+  # What a process killed in the middle of saving step 30 leaves: Orbax's temporary directory.
+  half = os.path.join(workdir, "checkpoints", "30.orbax-checkpoint-tmp-1234567")
+  shutil.copytree(os.path.join(workdir, "checkpoints", "20"), half)
+  open(os.path.join(half, "params", "_METADATA"), "w").close()
+  train.run(tiny_config(total_steps=40), workdir)
+  rows = read_rows(workdir)
+  assert [r["step"] for r in rows if "train/loss" in r] == [10, 20, 30, 40]
+
+
 def test_train_rows_average_every_step_of_their_interval(tfds_dir, tmp_path):
   every_step, every_ten = tiny_config(), tiny_config()
   every_step.log_every_steps = 1
