@@ -54,6 +54,8 @@ def main(argv):
   if not _LIBRARY_INFO.value:
     logging.get_absl_handler().addFilter(_QuietLibraries())
   if _COORDINATOR.value or _NUM_PROCESSES.value or _PROCESS_ID.value is not None:
+    # Lets several processes on CPUs run collectives (tests, laptops); GPUs and TPUs ignore it.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
   config_file = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]  # Less ':arg'.

@@ -30,8 +30,14 @@ def read_checkpoint(workdir, step, like=None):
   `like` (the same structure) gives target shapes and shardings, e.g. to restore a
   checkpoint written on 8 devices on one."""
   items = {}
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with ocp.StandardCheckpointer() as ckptr:
     for name in ("params", "opt_state", "rest"):
-      target = None if like is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, like[name])
-      items[name] = ckptr.restore(os.path.join(workdir, "checkpoints", str(step), name), target)
+      path = os.path.join(workdir, "checkpoints", str(step), name)
+      if like is None:  # Whatever wrote it (several processes, say), read it onto one device.
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                              ckptr.metadata(path).item_metadata)
+      else:
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like[name])
+      items[name] = ckptr.restore(path, target)
   return items
