@@ -69,3 +69,15 @@ def test_a_run_saved_on_eight_devices_resumes_on_fewer(tfds_dir, tmp_path, devic
   np.testing.assert_allclose(accuracy_m, accuracy_1, atol=1 / 359)
   for a, b in zip(jax.tree.leaves(state_1), jax.tree.leaves(state_m), strict=True):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-3, atol=1e-5)
+
+
+def test_a_batch_the_devices_cannot_divide_is_one_line(tfds_dir, tmp_path):
+  digits = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "digits.py")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  result = subprocess.run([sys.executable, "-m", "jaxtrain.launch", f"--config={digits}",
+                           f"--workdir={tmp_path / 'run'}", "--config.input.batch_size=36"],
+                          capture_output=True, text=True, timeout=300, check=False, env=env)
+  assert result.returncode == 2
+  assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+      "error: input.batch_size=36 cannot be split evenly over 8 devices; use a positive multiple of 8"]
+  assert not (tmp_path / "run").exists()
