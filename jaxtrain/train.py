@@ -121,7 +121,6 @@ def run(config, workdir):
   exp = build(config)
   strategy, total_steps, steps_per_epoch = exp.strategy, exp.total_steps, exp.steps_per_epoch
 
-
   # ---- Work directory: fresh start or resume ------------------------------------------
   _check_workdir(workdir)
   lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None  # flock does not span hosts.
