@@ -62,3 +62,16 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_they_resume(two_
   assert max(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints"))) == steps[0]
   finish_two(workdir)
   assert_same_run(workdir, two_process_reference)
+
+
+def test_two_processes_train_as_one_process_with_two_devices(two_process_reference, tmp_path):
+  workdir = str(tmp_path / "one")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  result = subprocess.run([sys.executable, "-m", "jaxtrain.launch", f"--workdir={workdir}", *ARGS], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, check=False, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  one, two = rows(workdir), rows(two_process_reference)
+  assert [sorted(r) for r in one] == [sorted(r) for r in two]
+  for a, b in zip(one, two):  # The same global batches: only the order of float reductions may differ.
+    for key in a:
+      assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
