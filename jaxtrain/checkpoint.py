@@ -47,9 +47,6 @@ class Checkpointer:
             create=not read_only, read_only=read_only, enable_async_checkpointing=True),
     )
 
-  def latest_step(self):
-    return self._manager.latest_step()
-
   def due(self, step, total_steps):
     return config_lib.due(step, self.every_steps, total_steps)
 
