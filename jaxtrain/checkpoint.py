@@ -20,7 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxtrain import config as config_lib
-from jaxtrain.errors import UserError
+from jaxtrain.errors import UserError, first_line
 
 
 class Checkpointer:
@@ -129,8 +129,7 @@ class _Unreadable(UserError):
 
 
 def _why(error):
-  first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-  return f"{type(error).__name__}: {first[:200]}"
+  return f"{type(error).__name__}: {first_line(error, 200)}"
 
 
 def _split(state):

@@ -35,7 +35,7 @@ class Reader:
   """Read-only view of a ConfigDict that records the keys the run reads.
 
   `r.a.b` reads a required key; `r.get('a', default)` an optional one, which must have
-  the type of its default (or `kind`). Sub-dicts come back as Readers sharing the same
+  the type of its default (or `kind`) and be at least `minimum` if one is given. Sub-dicts come back as Readers sharing the same
   record, so `check_all_read` sees the whole tree.
   """
 
@@ -62,7 +62,7 @@ class Reader:
   def keys(self):
     return list(self._config.keys())
 
-  def get(self, name, default=None, kind=None):
+  def get(self, name, default=None, kind=None, minimum=None):
     path = self.path(name)
     if name not in self._config or self._config[name] is None:
       self._record["asked"].add(path)
@@ -77,6 +77,8 @@ class Reader:
       self._record["asked"].add(path)
       return Reader(value, path, self._record)
     self._record["read"].add(path)
+    if minimum is not None and value < minimum:
+      raise UserError(f"config key '{path}' must be at least {minimum}, got {value!r}")
     return value
 
   def section(self, name):

@@ -15,3 +15,9 @@ def did_you_mean(name, candidates, prefix=""):
   """' (did you mean 'PREFIXx'?)' when a candidate x is close to `name`, else ''."""
   close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
   return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
+def first_line(error, limit=300):
+  """The first non-empty line of an exception's message (library errors run to pages)."""
+  line = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+  return line[:limit]

@@ -39,13 +39,13 @@ def decay_mask(params):
 
 def build(optimizer, schedule, *, total_steps, steps_per_epoch, batch_size):
   """Returns (optax transformation, schedule function of the step)."""
-  lr = _non_negative(optimizer, "lr", optimizer.get("lr", config_lib.REQUIRED, kind=float))
+  lr = optimizer.get("lr", config_lib.REQUIRED, kind=float, minimum=0)
   lr_fn = build_schedule(schedule, lr, total_steps=total_steps,
                          steps_per_epoch=steps_per_epoch, batch_size=batch_size)
   name = optimizer.name
   if name not in _SCALERS:
     raise UserError(f"unknown optimizer '{name}'{did_you_mean(name, _SCALERS)}; known: {', '.join(_SCALERS)}")
-  weight_decay = _non_negative(optimizer, "weight_decay", optimizer.get("weight_decay", 0.0))
+  weight_decay = optimizer.get("weight_decay", 0.0, minimum=0)
   if weight_decay and name == "adam":
     raise UserError("optimizer 'adam' has no weight decay; use optimizer.name='adamw' for decoupled weight decay")
   clip = optimizer.get("grad_clip_norm", kind=float)
@@ -62,12 +62,6 @@ def build(optimizer, schedule, *, total_steps, steps_per_epoch, batch_size):
     parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
   parts.append(optax.scale_by_learning_rate(lr_fn))
   return optax.chain(*parts), lr_fn
-
-
-def _non_negative(section, key, value):
-  if value < 0:
-    raise UserError(f"config key '{section.path(key)}' must be non-negative, got {value!r}")
-  return value
 
 
 def build_schedule(schedule, lr, *, total_steps, steps_per_epoch, batch_size):

@@ -26,7 +26,7 @@ from jaxtrain import models
 from jaxtrain import optim
 from jaxtrain import parallel
 from jaxtrain import step as step_lib
-from jaxtrain.errors import UserError, did_you_mean
+from jaxtrain.errors import UserError, did_you_mean, first_line
 from jaxtrain.preemption import Preempted, PreemptionWatch
 from jaxtrain.workdir_lock import WorkdirLock
 
@@ -65,9 +65,7 @@ def build(config):
   written."""
   cfg = config_lib.Reader(config)
   strategy = parallel.Strategy()
-  seed = cfg.get("seed", 0)
-  if seed < 0:
-    raise UserError(f"config key 'seed' must be a non-negative int, got {seed}")
+  seed = cfg.get("seed", 0, minimum=0)
 
   # ---- Input ------------------------------------------------------------------------
   batch_size = cfg.input.batch_size
@@ -81,8 +79,8 @@ def build(config):
   train_ds = data.pipeline.train_dataset(
       train_source, preprocess=data.ops.parse(cfg.input.pp), global_batch_size=batch_size, seed=seed,
       process_index=strategy.process_index, process_count=strategy.process_count)
-  num_threads = _at_least(cfg.input, "num_threads", 2, minimum=1)
-  prefetch = _at_least(cfg.input, "prefetch", 4, minimum=1)
+  num_threads = cfg.input.get("num_threads", 2, minimum=1)
+  prefetch = cfg.input.get("prefetch", 4, minimum=1)
 
   # ---- Model, loss, optimizer ---------------------------------------------------------
   model = models.build(cfg.model)
@@ -103,7 +101,7 @@ def build(config):
   evaluators = _must_fit("building the evaluators", lambda: evals.build_all(cfg.section("evals"), context, durations))
   ckpt_config = cfg.section("checkpoint")
   checkpointing = dict(every_steps=config_lib.steps(ckpt_config, "every", default=None, **durations),
-                       keep=_at_least(ckpt_config, "keep", 3, minimum=1),
+                       keep=ckpt_config.get("keep", 3, minimum=1),
                        **_best_checkpoints(ckpt_config, evaluators))
   config_lib.check_all_read(cfg)  # Every key was read: nothing in the config is a typo.
   return Experiment(config=config, strategy=strategy, model_name=cfg.model.name, batch_size=batch_size,
@@ -206,16 +204,9 @@ def run(config, workdir):
   return last
 
 
-def _at_least(section, key, default, *, minimum):
-  value = section.get(key, default)
-  if value < minimum:
-    raise UserError(f"config key '{section.path(key)}' must be at least {minimum}, got {value}")
-  return value
-
-
 def _best_checkpoints(ckpt_config, evaluators):
   """Checkpointer arguments for checkpoint.keep_best / best_metric / best_mode."""
-  keep_best = _at_least(ckpt_config, "keep_best", 0, minimum=0)
+  keep_best = ckpt_config.get("keep_best", 0, minimum=0)
   if not keep_best:
     return {}
   metric = ckpt_config.get("best_metric", config_lib.REQUIRED, kind=str)
@@ -239,10 +230,9 @@ def _must_fit(what, build):
   except UserError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    why = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
     ours = [f for f in traceback.extract_tb(e.__traceback__) if "site-packages" not in f.filename]
     where = f" (at {ours[-1].filename}:{ours[-1].lineno})" if ours else ""
-    raise UserError(f"{what} failed: {type(e).__name__}: {why[:300]}{where}") from e
+    raise UserError(f"{what} failed: {type(e).__name__}: {first_line(e)}{where}") from e
 
 
 def _check_workdir(workdir):
