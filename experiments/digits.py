@@ -27,11 +27,14 @@ def get_config(arg=None):
   c.input.pp = PP_TRAIN
 
   if variant == "cnn":
-    c.model = dict(name="cnn", num_classes=10, features=(32, 64), dense=128, dropout=0.1)
+    c.model = dict(name="cnn", num_classes=10, features=(32, 64), dense=128, dropout=0.1, dtype="float32")
   elif variant == "mlp":
-    c.model = dict(name="mlp", num_classes=10, hidden=(256, 256), dropout=0.1)
+    c.model = dict(name="mlp", num_classes=10, hidden=(256, 256), dropout=0.1, dtype="float32")
   else:
     raise ValueError(f"unknown variant '{variant}': use experiments/digits.py:cnn or :mlp")
+  # One device or many: the same run. See WORKSPACE.md, "Scaling out".
+  c.parallel = dict(strategy="jit", mesh=dict(data=-1, fsdp=1, tensor=1), fsdp_min_size=2**16, rules=(),
+                    accumulate_steps=1)
   c.loss = dict(name="softmax_xent", label_smoothing=0.0)
   c.optimizer = dict(name="adamw", lr=3e-3, weight_decay=1e-4, grad_clip_norm=1.0)
   c.schedule = dict(name="cosine", **duration("warmup", epochs=2))

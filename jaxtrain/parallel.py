@@ -1,21 +1,59 @@
-"""How arrays are placed on devices: the 'jit' strategy, a Mesh with a 'data' axis.
+"""How arrays are placed on devices, from `config.parallel`.
 
-The batch is split over every device of every process along the 'data' axis; the train
-state is replicated. Each process feeds only its own slice of the global batch.
+    parallel.strategy = 'jit'    # or 'pmap'
+    parallel.mesh = dict(data=-1, fsdp=1, tensor=1)   # -1: the devices the others leave
+    parallel.fsdp_min_size = 2**16                    # arrays smaller than this stay whole
+    parallel.rules = (('Dense_\\d+/kernel', (None, 'tensor')),)   # regex -> PartitionSpec
+
+'jit' lays every device of every process out as a Mesh with axes data x fsdp x tensor.
+The batch is split over data and fsdp; each array of the train state gets the spec of the
+first rule whose pattern `re.search`es its path ('params/Dense_0/kernel',
+'opt_state/0/mu/Dense_0/kernel': an optimizer's moments follow their parameter), and then,
+if the fsdp axis is used and the array is a float with at least `fsdp_min_size` elements,
+its largest dimension that fsdp divides (and no rule took) is split over fsdp.
+Everything else is replicated. The state is created already split (jit of the init with
+output shardings): no device ever holds a whole model it does not need to.
+
+'pmap' is classic data parallelism: a replicated state, each device a slice of the batch,
+gradients, metrics and batch statistics averaged over devices with pmean.
+
+Each process feeds only its own slice of the global batch.
 """
 
+import math
+import re
+
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from jaxtrain.errors import UserError
 
+AXES = ("data", "fsdp", "tensor")  # Outermost first: data parallelism can cross hosts, tensor should not.
+BATCH_AXES = ("data", "fsdp")       # FSDP is data parallelism too: each fsdp shard sees its own examples.
+
 
 class Strategy:
+  """Reads `config.parallel` (a config Reader section) and places arrays accordingly."""
 
-  def __init__(self):
-    self.mesh = Mesh(np.array(jax.devices()), ("data",))
-    self.batch_sharding = NamedSharding(self.mesh, P("data"))
+  def __init__(self, config):
+    self.kind = config.get("strategy", "jit")
+    if self.kind not in ("jit", "pmap"):
+      raise UserError(f"parallel.strategy must be 'jit' or 'pmap', got {self.kind!r}")
+    sizes = _mesh_sizes(config.section("mesh"), jax.device_count())
+    if self.kind == "pmap" and sizes["data"] != jax.device_count():
+      raise UserError("parallel.strategy='pmap' replicates the state on every device: it takes no "
+                      "parallel.mesh.fsdp or parallel.mesh.tensor; use strategy 'jit' for those")
+    self.fsdp_min_size = config.get("fsdp_min_size", 2**16, minimum=0)
+    self.rules = _parse_rules(config.get("rules", ()), sizes)
+    if self.kind == "pmap":
+      self.axis_name = "batch"  # pmap's collectives are written out in the step (pmean, psum).
+      self.mesh = Mesh(np.array(jax.devices()), ("batch",))
+      self.batch_sharding = NamedSharding(self.mesh, P("batch"))  # [devices, examples per device, ...]
+    else:
+      self.axis_name = None  # jit derives its collectives from the shardings.
+      self.mesh = jax.make_mesh(tuple(sizes.values()), AXES, axis_types=(AxisType.Auto,) * len(AXES))
+      self.batch_sharding = NamedSharding(self.mesh, P(BATCH_AXES))
     self.replicated = NamedSharding(self.mesh, P())
 
   @property
@@ -26,32 +64,171 @@ class Strategy:
   def process_count(self):
     return jax.process_count()
 
-  def check_batch_size(self, batch_size, key):
-    devices = self.mesh.devices.size
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0 or batch_size % devices:
-      raise UserError(f"{key}={batch_size!r} cannot be split evenly over {devices} devices; "
-                      f"use a positive multiple of {devices}")
+  @property
+  def batch_shards(self):
+    """Into how many parts the global batch is split."""
+    return math.prod(self.mesh.shape[a] for a in self.mesh.axis_names if a in BATCH_AXES + ("batch",))
+
+  def describe(self):
+    if self.kind == "pmap":
+      return f"pmap over {self.batch_shards} devices"
+    return "jit on a mesh " + " x ".join(f"{name}={size}" for name, size in self.mesh.shape.items())
+
+  def check_batch_size(self, batch_size, key, multiple_of=1):
+    """`multiple_of`: each part must also split evenly, e.g. into accumulation microbatches."""
+    parts = self.batch_shards * multiple_of
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0 or batch_size % parts:
+      over = f"{self.batch_shards} devices" + (f" x {multiple_of} microbatches" if multiple_of > 1 else "")
+      raise UserError(f"{key}={batch_size!r} cannot be split evenly over {over}; use a positive multiple of {parts}")
+
+  # ---- Batches --------------------------------------------------------------------------
+
+  def _to_global(self, x):
+    if self.kind == "pmap":  # A leading device axis: [local devices, examples per device, ...].
+      x = x.reshape((jax.local_device_count(), -1) + x.shape[1:])
+    return x
 
   def shard(self, local_batch):
-    """This process's numpy batch -> global jax.Arrays split along 'data'."""
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), local_batch)
+    """This process's numpy batch -> global jax.Arrays split over the batch axes."""
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self.batch_sharding, self._to_global(x)), local_batch)
 
-  def init(self, create_fn):
-    """Runs `create_fn()` jitted, its outputs created directly in their shardings."""
-    return jax.jit(create_fn, out_shardings=self.replicated)()
+  def abstract_batch(self, local_batch):
+    """The global batch's shapes and shardings, given this process's numpy batch."""
+    def abstract(x):
+      x = self._to_global(x)
+      return jax.ShapeDtypeStruct((x.shape[0] * self.process_count,) + x.shape[1:], x.dtype,
+                                  sharding=self.batch_sharding)
+    return jax.tree.map(abstract, local_batch)
+
+  # ---- The train state --------------------------------------------------------------------
 
   def abstract_state(self, create_fn):
     """Shapes, dtypes and shardings of `create_fn()`'s output, computing nothing."""
     shapes = jax.eval_shape(create_fn)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
+    specs = self.partition_specs(shapes)
+    return jax.tree.map(lambda s, spec: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=NamedSharding(self.mesh, spec)),
+                        shapes, specs)
 
-  def abstract_batch(self, local_batch):
-    """The global batch's shapes and shardings, given this process's numpy batch."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-        (x.shape[0] * self.process_count,) + x.shape[1:], x.dtype, sharding=self.batch_sharding), local_batch)
+  def partition_specs(self, shapes):
+    """A PartitionSpec for each array of `shapes`, by the rules and FSDP (see the module doc)."""
+    if self.kind == "pmap":
+      return jax.tree.map(lambda _: P(), shapes)
+    matched = set()
 
-  def compile_step(self, step_fn, abstract_state, local_batch, *, donate):
-    """`step_fn(state, batch)` compiled ahead of time for these shapes: it cannot
-    recompile in the loop, and a shape mismatch fails now rather than at the first call."""
-    jitted = jax.jit(step_fn, out_shardings=self.replicated, donate_argnums=0 if donate else ())
-    return jitted.lower(abstract_state, self.abstract_batch(local_batch)).compile()
+    def spec_of(path, leaf):
+      name = jax.tree_util.keystr(path, simple=True, separator="/")
+      spec = [None] * len(leaf.shape)
+      for i, (pattern, rule_spec) in enumerate(self.rules):
+        if re.search(pattern, name):
+          matched.add(i)
+          spec = _fit(rule_spec, leaf.shape, name, i, self.mesh.shape)
+          break
+      fsdp = self.mesh.shape["fsdp"]
+      if fsdp > 1 and np.issubdtype(leaf.dtype, np.floating) and math.prod(leaf.shape) >= self.fsdp_min_size:
+        free = [d for d in range(len(spec)) if spec[d] is None and leaf.shape[d] % fsdp == 0]
+        if free:
+          spec[max(free, key=lambda d: leaf.shape[d])] = "fsdp"
+      return P(*spec)
+
+    specs = jax.tree_util.tree_map_with_path(spec_of, shapes)
+    unused = [i for i in range(len(self.rules)) if i not in matched]
+    if unused:
+      i = unused[0]
+      example = jax.tree_util.keystr(jax.tree_util.tree_leaves_with_path(shapes)[-1][0], simple=True, separator="/")
+      raise UserError(f"parallel.rules[{i}] pattern {self.rules[i][0]!r} matches no array of the train state "
+                      f"(paths look like {example!r}); fix the pattern or drop the rule")
+    return specs
+
+  def init(self, create_fn, abstract_state):
+    """Runs `create_fn()` jitted, each output created directly in its sharding."""
+    return jax.jit(create_fn, out_shardings=_shardings(abstract_state))()
+
+  def bytes_per_device(self, abstract_state):
+    """The bytes of `abstract_state` each device holds (shards are even: all hold as many)."""
+    return sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+               for leaf in jax.tree.leaves(abstract_state))
+
+  # ---- Compiled steps ------------------------------------------------------------------------
+
+  def compile_train_step(self, step_fn, abstract_state, local_batch):
+    """`step_fn(state, batch) -> (state, metrics)`, compiled ahead of time for these shapes
+    (it cannot recompile in the loop; a mismatch fails now), the state donated."""
+    if self.kind == "pmap":
+      fn = jax.pmap(step_fn, axis_name=self.axis_name, in_axes=(None, 0), out_axes=(None, None),
+                    donate_argnums=0)
+    else:
+      fn = jax.jit(step_fn, out_shardings=(_shardings(abstract_state), self.replicated), donate_argnums=0)
+    return fn.lower(abstract_state, self.abstract_batch(local_batch)).compile()
+
+  def compile_eval_step(self, step_fn, abstract_state, local_batch):
+    """`step_fn(state, batch) -> sums over the batch`, compiled; under pmap the per-device
+    sums are added up over devices."""
+    if self.kind == "pmap":
+      summed = lambda state, batch: jax.lax.psum(step_fn(state, batch), self.axis_name)
+      fn = jax.pmap(summed, axis_name=self.axis_name, in_axes=(None, 0), out_axes=None)
+    else:
+      fn = jax.jit(step_fn, out_shardings=self.replicated)
+    return fn.lower(abstract_state, self.abstract_batch(local_batch)).compile()
+
+
+def _shardings(abstract):
+  return jax.tree.map(lambda s: s.sharding, abstract)
+
+
+def _mesh_sizes(config, device_count):
+  """{'data': n, 'fsdp': n, 'tensor': n} from parallel.mesh, its one -1 resolved."""
+  defaults = {"data": -1, "fsdp": 1, "tensor": 1}
+  unknown = sorted(set(config.keys()) - set(defaults))
+  if unknown:
+    raise UserError(f"unknown config key 'parallel.mesh.{unknown[0]}'; the mesh axes are data, fsdp and tensor")
+  sizes = {axis: config.get(axis, default) for axis, default in defaults.items()}
+  if any(size == 0 or size < -1 for size in sizes.values()):
+    raise UserError(f"parallel.mesh sizes must be positive, or -1 for the rest of the devices; got {_show(sizes)}")
+  free = [axis for axis, size in sizes.items() if size == -1]
+  if len(free) > 1:
+    raise UserError(f"parallel.mesh has -1 on {' and '.join(free)}; at most one axis may take the rest of the "
+                    f"devices, e.g. --config.parallel.mesh.data=1 --config.parallel.mesh.fsdp=-1")
+  fixed = math.prod(size for size in sizes.values() if size != -1)
+  if free and device_count % fixed == 0:
+    sizes[free[0]] = device_count // fixed
+  if math.prod(sizes.values()) != device_count:
+    raise UserError(f"parallel.mesh {_show(sizes)} needs {'a multiple of ' if free else ''}{fixed} devices; "
+                    f"there are {device_count}: make the sizes multiply to {device_count}, or set one to -1")
+  return sizes
+
+
+def _show(sizes):
+  return "(" + ", ".join(f"{axis}={size}" for axis, size in sizes.items()) + ")"
+
+
+def _parse_rules(rules, sizes):
+  """parallel.rules: ((regex, spec), ...), each spec a tuple of mesh axes, None, or tuples of axes."""
+  parsed = []
+  for i, rule in enumerate(rules):
+    if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
+            and isinstance(rule[1], (tuple, list))):
+      raise UserError(f"parallel.rules[{i}] must be (regex, spec) with spec a tuple like (None, 'tensor'), got {rule!r}")
+    try:
+      re.compile(rule[0])
+    except re.error as e:
+      raise UserError(f"parallel.rules[{i}] pattern {rule[0]!r} is not a regular expression: {e}") from None
+    for entry in rule[1]:
+      for axis in entry if isinstance(entry, (tuple, list)) else (entry,):
+        if axis is not None and axis not in sizes:
+          raise UserError(f"parallel.rules[{i}] names axis {axis!r}; the mesh axes are {', '.join(AXES)}")
+    parsed.append((rule[0], tuple(tuple(e) if isinstance(e, list) else e for e in rule[1])))
+  return parsed
+
+
+def _fit(spec, shape, name, i, mesh_shape):
+  """Rule `i`'s spec for the array `name`, checked against its shape: a list, one entry a dim."""
+  if len(spec) > len(shape):
+    raise UserError(f"parallel.rules[{i}] gives {len(spec)} axes to {name}, which has {len(shape)} dimensions "
+                    f"{tuple(shape)}")
+  for d, entry in enumerate(spec):
+    parts = math.prod(mesh_shape[a] for a in (entry if isinstance(entry, tuple) else (entry,)) if a is not None)
+    if shape[d] % parts:
+      raise UserError(f"parallel.rules[{i}] splits dimension {d} of {name} {tuple(shape)} into {parts} parts, "
+                      f"which does not divide {shape[d]}; change the rule or the mesh")
+  return list(spec) + [None] * (len(shape) - len(spec))

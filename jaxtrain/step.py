@@ -44,34 +44,74 @@ def _accuracy(logits, labels):
   return (jnp.argmax(logits, -1) == jnp.argmax(labels, -1)).astype(jnp.float32)
 
 
-def make_train_step(model, tx, loss_fn, lr_fn, skip_nonfinite=False):
-  """(state, batch) -> (state, metrics): one optimizer step on the batch's mean loss.
+def _weights(batch, loss):
+  """The batch's 'weights' (per example or per token: the loss's shape), else ones."""
+  return jnp.broadcast_to(batch.get("weights", 1.0), loss.shape).astype(jnp.float32)
+
+
+def make_train_step(model, tx, loss_fn, lr_fn, *, skip_nonfinite=False, accumulate_steps=1, axis_name=None):
+  """(state, batch) -> (state, metrics): one optimizer step on the batch's weighted mean loss.
+
+  The loss is sum(loss * weights) / sum(weights) over the whole global batch, however it
+  is split: over devices (pmap: `axis_name`, whose sums are added with psum) and over
+  `accumulate_steps` microbatches run one after another (lax.scan), whose gradient sums
+  are added before the single division. So accumulation equals the large batch, also for
+  token-weighted losses. (BatchNorm statistics are the exception: each microbatch, and
+  under pmap each device, normalises with its own.)
 
   With `skip_nonfinite`, a step whose loss or gradients are not finite changes nothing
   but the step counter (so the data and RNG move on), and reports `skipped` = 1."""
 
+  def sums(params, model_state, batch, rng):
+    """Weighted sums of the loss (differentiated), of correct predictions and of weights."""
+    (logits, _), model_state = model.apply(
+        {"params": params, **model_state}, batch["image"], train=True,
+        rngs={"dropout": rng}, mutable=list(model_state))
+    logits = logits.astype(jnp.float32)  # Mixed precision: the loss in float32 whatever the model computes in.
+    loss = loss_fn(logits, batch["labels"])
+    weights = _weights(batch, loss)
+    aux = {"correct": (_accuracy(logits, batch["labels"]) * weights).sum(), "weight": weights.sum()}
+    return (loss * weights).sum(), (aux, model_state)
+
+  grad_of_sums = jax.value_and_grad(sums, has_aux=True)
+
+  def accumulated(params, model_state, batch, rng):
+    """grad_of_sums over `accumulate_steps` microbatches, one after another, added up."""
+    k = accumulate_steps
+    # Example j*k + i goes to microbatch i: each device's own rows feed every microbatch.
+    micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1), batch)
+
+    def one(carry, inputs):
+      i, microbatch = inputs
+      total, model_state = carry
+      (loss_sum, (aux, model_state)), grads = grad_of_sums(params, model_state, microbatch, jax.random.fold_in(rng, i))
+      return (jax.tree.map(jnp.add, total, (loss_sum, aux, grads)), model_state), None
+
+    scalar = jnp.zeros((), jnp.float32)
+    zeros = (scalar, {"correct": scalar, "weight": scalar}, jax.tree.map(jnp.zeros_like, params))
+    ((loss_sum, aux, grads), model_state), _ = jax.lax.scan(one, (zeros, model_state), (jnp.arange(k), micro))
+    return (loss_sum, (aux, model_state)), grads
+
   def train_step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
-    mutable = list(state.model_state)
-
-    def loss_of(params):
-      (logits, _), model_state = model.apply(
-          {"params": params, **state.model_state}, batch["image"], train=True,
-          rngs={"dropout": rng}, mutable=mutable)
-      return loss_fn(logits, batch["labels"]).mean(), (logits, model_state)
-
-    (loss, (logits, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    compute = grad_of_sums if accumulate_steps == 1 else accumulated
+    (loss_sum, (aux, model_state)), grads = compute(state.params, state.model_state, batch, rng)
+    if axis_name:  # pmap: this device's sums -> the global batch's; batch statistics averaged.
+      loss_sum, aux, grads = jax.lax.psum((loss_sum, aux, grads), axis_name)
+      model_state = jax.lax.pmean(model_state, axis_name)
+    weight = aux["weight"]
+    grads = jax.tree.map(lambda g: g / weight, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               opt_state=opt_state, model_state=dict(model_state))
     metrics = {
-        "loss": loss,
-        "accuracy": _accuracy(logits, batch["labels"]).mean(),
+        "loss": loss_sum / weight,
+        "accuracy": aux["correct"] / weight,
         "grad_norm": optax.global_norm(grads),
         "lr": lr_fn(state.step),
     }
     if skip_nonfinite:
-      ok = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
+      ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
       unchanged = state.replace(step=state.step + 1)
       new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, unchanged)
       metrics = {**{k: jnp.where(ok, v, 0.0) for k, v in metrics.items() if k != "lr"},
@@ -82,14 +122,19 @@ def make_train_step(model, tx, loss_fn, lr_fn, skip_nonfinite=False):
 
 
 def make_eval_step(model, loss_fn):
-  """(state, batch) -> sums over the batch's real examples (padding masked out)."""
+  """(state, batch) -> sums over the batch's real examples (padding masked out): weighted
+  loss and correct predictions, their weight, and the count of examples."""
 
   def eval_step(state, batch):
     logits, _ = model.apply({"params": state.params, **state.model_state}, batch["image"], train=False)
+    logits = logits.astype(jnp.float32)
+    loss = loss_fn(logits, batch["labels"])
     mask = batch["_mask"]
+    weights = _weights(batch, loss) * mask.reshape(mask.shape + (1,) * (loss.ndim - 1))
     return {
-        "loss_sum": (loss_fn(logits, batch["labels"]) * mask).sum(),
-        "correct": (_accuracy(logits, batch["labels"]) * mask).sum().astype(jnp.int32),
+        "loss_sum": (loss * weights).sum(),
+        "correct": (_accuracy(logits, batch["labels"]) * weights).sum(),
+        "weight": weights.sum(),
         "count": mask.sum().astype(jnp.int32),
     }
 

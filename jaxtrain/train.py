@@ -64,12 +64,14 @@ def build(config):
   steps compiled for their shapes, evaluators. Any mistake fails here, before anything is
   written."""
   cfg = config_lib.Reader(config)
-  strategy = parallel.Strategy()
+  parallel_config = cfg.section("parallel")
+  strategy = parallel.Strategy(parallel_config)
+  accumulate_steps = parallel_config.get("accumulate_steps", 1, minimum=1)
   seed = cfg.get("seed", 0, minimum=0)
 
   # ---- Input ------------------------------------------------------------------------
   batch_size = cfg.input.batch_size
-  strategy.check_batch_size(batch_size, "input.batch_size")
+  strategy.check_batch_size(batch_size, "input.batch_size", multiple_of=accumulate_steps)
   data_dir = cfg.input.data.get("data_dir", kind=str)
   train_source = data.open_from_config(cfg.input.data)
   steps_per_epoch = len(train_source) // batch_size
@@ -91,9 +93,10 @@ def build(config):
   example_input = np.zeros((1,) + first_batch["image"].shape[1:], first_batch["image"].dtype)
   create = functools.partial(step_lib.create_state, model, tx, example_input, seed)
   abstract_state = _must_fit("initialising the model", lambda: strategy.abstract_state(create))
-  skip_nonfinite = cfg.get("skip_nonfinite", False)
-  train_step = _must_fit("compiling the train step (input.pp, model, loss, optimizer)", lambda: strategy.compile_step(
-      step_lib.make_train_step(model, tx, loss_fn, lr_fn, skip_nonfinite), abstract_state, first_batch, donate=True))
+  step_fn = step_lib.make_train_step(model, tx, loss_fn, lr_fn, skip_nonfinite=cfg.get("skip_nonfinite", False),
+                                     accumulate_steps=accumulate_steps, axis_name=strategy.axis_name)
+  train_step = _must_fit("compiling the train step (input.pp, model, loss, optimizer)",
+                         lambda: strategy.compile_train_step(step_fn, abstract_state, first_batch))
 
   # ---- Evaluators and checkpoints -----------------------------------------------------
   context = evals.Context(model=model, loss_fn=loss_fn, strategy=strategy, batch_size=batch_size,
@@ -139,14 +142,15 @@ def run(config, workdir):
                         f"{total_steps} steps this config trains for; raise the total or use a new --workdir")
       logging.info("Resumed from checkpoint at step %d.", int(state.step))
     else:
-      state = strategy.init(exp.create)
+      state = strategy.init(exp.create, exp.abstract_state)
     first_step = int(state.step)
     _write_config(workdir, config, first_step)
     writer = metrics_lib.Writer(workdir, start_step=first_step)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    logging.info("%s: %s parameters, %d steps (%d per epoch), global batch %d, devices: %d.",
-                 exp.model_name, f"{num_params:,}", total_steps, steps_per_epoch, exp.batch_size,
-                 jax.device_count())
+    logging.info("%s: %s parameters, %d steps (%d per epoch), global batch %d; %s, %d processes; "
+                 "train state %.1f MiB per device.", exp.model_name, f"{num_params:,}", total_steps, steps_per_epoch,
+                 exp.batch_size, strategy.describe(), jax.process_count(),
+                 strategy.bytes_per_device(exp.abstract_state) / 2**20)
 
     # ---- Loop -------------------------------------------------------------------------
     progress = metrics_lib.Progress(first_step, total_steps, exp.batch_size, train_seconds)

@@ -139,6 +139,7 @@ def test_a_bug_in_an_experiments_own_model_names_its_line_and_traceback_shows_it
       "  num_classes: int = 10\n"
       "  hidden: tuple = ()\n"
       "  dropout: float = 0.0\n"
+      "  dtype: str = 'float32'\n"
       "  @nn.compact\n"
       "  def __call__(self, x, *, train):\n"
       "    return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1))) + undefined_bias, {}\n")
@@ -149,7 +150,7 @@ def test_a_bug_in_an_experiments_own_model_names_its_line_and_traceback_shows_it
   assert result.returncode == 2
   [line] = errors_of(result)
   assert line.startswith("error: initialising the model failed: NameError: name 'undefined_bias' is not defined "
-                         f"(at {tmp_path / 'my_models.py'}:8)"), line
+                         f"(at {tmp_path / 'my_models.py'}:9)"), line
   assert "Traceback" not in result.stderr
   result = subprocess.run([sys.executable, "-m", "jaxtrain.launch", *args, "--traceback"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, check=False, env=env_path)

@@ -218,10 +218,10 @@ def test_eval_step_sums_only_real_rows():
   logits, _ = model.apply({"params": state.params, **state.model_state}, batch["image"][real], train=False)
   per_example = loss_fn(logits, batch["labels"][real])
   correct = np.sum(np.argmax(logits, -1) == np.argmax(batch["labels"][real], -1))
-  assert int(sums["count"]) == 5
-  assert int(sums["correct"]) == correct
+  assert int(sums["count"]) == 5 and float(sums["weight"]) == 5.0
+  assert float(sums["correct"]) == correct
   np.testing.assert_allclose(sums["loss_sum"], per_example.sum(), rtol=1e-5)
-  assert sums["count"].dtype == jnp.int32 and sums["correct"].dtype == jnp.int32
+  assert sums["count"].dtype == jnp.int32
 
 
 def test_eval_step_ignores_the_content_of_padding_rows():
@@ -247,11 +247,11 @@ def test_eval_step_with_no_padding_counts_everything():
 
 @pytest.fixture(scope="module")
 def strategy():
-  return parallel.Strategy()
+  return parallel.Strategy(Reader({}))
 
 
 def test_strategy_mesh_covers_every_device(strategy):
-  assert strategy.mesh.axis_names == ("data",)
+  assert strategy.mesh.axis_names == ("data", "fsdp", "tensor")
   assert strategy.mesh.devices.size == jax.device_count()
 
 
@@ -275,18 +275,19 @@ def test_check_batch_size_rejects_bool(strategy):
 def test_strategy_init_matches_create_state(strategy):
   model, tx, _, _, state = build(MLP)
   example = np.zeros((1, 4, 4, 1), np.float32)
-  placed = strategy.init(lambda: step_lib.create_state(model, tx, example, 0))
+  create = lambda: step_lib.create_state(model, tx, example, 0)
+  placed = strategy.init(create, strategy.abstract_state(create))
   assert_trees_equal(placed, state)
   assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(placed))
 
 
-def test_compile_step_donates_the_train_state(strategy):
+def test_compiled_train_step_donates_the_train_state(strategy):
   model, tx, loss_fn, lr_fn, _ = build(MLP)
   example = np.zeros((1, 4, 4, 1), np.float32)
   create = lambda: step_lib.create_state(model, tx, example, 0)
-  state = strategy.init(create)
-  train_step = strategy.compile_step(step_lib.make_train_step(model, tx, loss_fn, lr_fn),
-                                     strategy.abstract_state(create), make_batch(), donate=True)
+  state = strategy.init(create, strategy.abstract_state(create))
+  train_step = strategy.compile_train_step(step_lib.make_train_step(model, tx, loss_fn, lr_fn),
+                                           strategy.abstract_state(create), make_batch())
   batch = strategy.shard(make_batch())
   new_state, metrics = train_step(state, batch)
   assert all(x.is_deleted() for x in jax.tree.leaves(state.params))
@@ -296,14 +297,14 @@ def test_compile_step_donates_the_train_state(strategy):
   assert np.isfinite(float(metrics["loss"]))
 
 
-def test_compile_step_without_donation_keeps_the_state(strategy):
+def test_compiled_eval_step_keeps_the_state(strategy):
   model, tx, loss_fn, _, _ = build(MLP)
   example = np.zeros((1, 4, 4, 1), np.float32)
   create = lambda: step_lib.create_state(model, tx, example, 0)
-  state = strategy.init(create)
+  state = strategy.init(create, strategy.abstract_state(create))
   local_batch = {**make_batch(), "_mask": np.ones(BATCH, np.float32)}
-  eval_step = strategy.compile_step(step_lib.make_eval_step(model, loss_fn), strategy.abstract_state(create),
-                                    local_batch, donate=False)
+  eval_step = strategy.compile_eval_step(step_lib.make_eval_step(model, loss_fn), strategy.abstract_state(create),
+                                         local_batch)
   batch = strategy.shard(local_batch)
   assert int(eval_step(state, batch)["count"]) == BATCH
   assert not any(x.is_deleted() for x in jax.tree.leaves(state))

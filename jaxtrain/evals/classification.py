@@ -23,8 +23,8 @@ class Classification:
     strategy.check_batch_size(self.batch_size, config.path("batch_size"))
     first = self._batches()[0]
     step_lib.check_batch(first, config.path("pp"))
-    self.eval_step = strategy.compile_step(step_lib.make_eval_step(context.model, context.loss_fn),
-                                           context.abstract_state, first, donate=False)
+    self.eval_step = strategy.compile_eval_step(step_lib.make_eval_step(context.model, context.loss_fn),
+                                                context.abstract_state, first)
 
   def _batches(self):
     return data.pipeline.eval_batches(
@@ -37,6 +37,6 @@ class Classification:
       out = self.eval_step(state, self.strategy.shard(batch))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
-    count = int(sums["count"])
-    return {"accuracy": int(sums["correct"]) / count, "loss": float(sums["loss_sum"]) / count,
-            "num_examples": count}
+    weight = float(sums["weight"])  # The number of examples, unless the batches carry 'weights'.
+    return {"accuracy": float(sums["correct"]) / weight, "loss": float(sums["loss_sum"]) / weight,
+            "num_examples": int(sums["count"])}

@@ -1,0 +1,159 @@
+"""Submits a jaxtrain experiment to a SLURM cluster of GPU nodes.
+
+    python scripts/launch_slurm.py --nodes=N --gpus_per_node=G [--per=gpu|node] \\
+        [--partition=P] [--time=HH:MM:SS] [--job_name=NAME] [--venv=PATH] [--dry-run] \\
+        -- --config=experiments/NAME.py[:ARG] --workdir=/SHARED/DIR [--config.a.b=V ...]
+
+Examples:
+
+    # 2 nodes x 8 GPUs, one process per GPU (16 processes):
+    python scripts/launch_slurm.py --nodes=2 --gpus_per_node=8 --partition=gpu --time=04:00:00 \\
+        -- --config=experiments/digits.py --workdir=/shared/runs/d1
+    # One process per node driving its 8 GPUs; show the batch script, submit nothing:
+    python scripts/launch_slurm.py --nodes=2 --gpus_per_node=8 --per=node --venv=.venv --dry-run \\
+        -- --config=experiments/digits.py --workdir=/shared/runs/d2 --config.total_epochs=20
+
+It writes the batch script to WORKDIR/slurm_job.sh and runs `sbatch` on it; the job's
+output (every process's) goes to WORKDIR/slurm-JOBID.out. The job cds to this repository,
+activates --venv if given (otherwise it keeps the environment sbatch was run from, as
+sbatch does), and starts every process with `srun python -m jaxtrain.launch ARGS`. JAX
+reads the SLURM_* variables srun sets, so no --coordinator_address/--num_processes/
+--process_id are passed. It does set JAX_LOCAL_DEVICE_IDS: JAX's SLURM setup assumes a
+process per GPU that sees all the node's GPUs, which is neither --per=gpu (each process
+sees its own GPU only) nor --per=node. The repository and --workdir must be on a
+filesystem every node shares (NFS, Lustre, ...), and --workdir must be absolute.
+"""
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main(argv):
+  own, job_args = _split_at_dashes(argv)
+  args = _parser().parse_args(own)
+  workdir = _check_job_args(job_args)
+  # Checked before anything is written, so a failed submission leaves no trace.
+  if not args.dry_run and not _on_path("sbatch"):
+    _fail("sbatch is not on PATH (run this on the cluster's login node, or use --dry-run)")
+
+  script = batch_script(args, job_args, workdir)
+  path = os.path.join(workdir, "slurm_job.sh")
+  submit = ["sbatch", path]
+  if args.dry_run:
+    print(script, end="")
+    print("+ " + shlex.join(submit), flush=True)
+    return 0
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, "w") as f:
+    f.write(script)
+  print("+ " + shlex.join(submit), flush=True)
+  status = subprocess.run(submit, check=False).returncode
+  if status == 0:
+    print(f"output: {workdir}/slurm-JOBID.out")
+  return status
+
+
+def batch_script(args, job_args, workdir):
+  """The text of the batch script."""
+  if args.per == "gpu":
+    # --ntasks too: Slurm 23.11 refuses --gpus-per-task without it.
+    processes = [f"--ntasks={args.nodes * args.gpus_per_node}", f"--ntasks-per-node={args.gpus_per_node}",
+                 "--gpus-per-task=1"]
+    devices = ["# Each process sees only its own GPU, as device 0; left alone, JAX would drive",
+               "# device number SLURM_LOCALID, which only the first process of a node has.",
+               "export JAX_LOCAL_DEVICE_IDS=0"]
+  else:
+    processes = ["--ntasks-per-node=1", f"--gpus-per-node={args.gpus_per_node}"]
+    devices = ["# The one process of a node drives all its GPUs; left alone, JAX would assume a",
+               "# process per GPU and drive device 0 only.",
+               f"export JAX_LOCAL_DEVICE_IDS={','.join(str(i) for i in range(args.gpus_per_node))}"]
+  options = [f"--job-name={args.job_name}", f"--nodes={args.nodes}", *processes,
+             f"--output={workdir}/slurm-%j.out"]
+  if args.partition:
+    options.append(f"--partition={args.partition}")
+  if args.time:
+    options.append(f"--time={args.time}")
+  lines = ["#!/bin/bash", *(f"#SBATCH {option}" for option in options)]
+  lines.append(textwrap.dedent("""\
+      #
+      # No distributed flags: jaxtrain calls jax.distributed.initialize(), which reads the
+      # SLURM_* variables that srun sets in each process: coordinator = the first node of
+      # the step (SLURM_STEP_NODELIST), process id = SLURM_PROCID, process count = SLURM_NTASKS."""))
+  lines += ["set -euo pipefail", f"cd {shlex.quote(ROOT)}"]
+  if args.venv:
+    lines.append(f"source {shlex.quote(os.path.join(os.path.abspath(args.venv), 'bin', 'activate'))}")
+  lines += devices
+  lines.append(f"srun python -m jaxtrain.launch {shlex.join(job_args)}")
+  return "\n".join(lines) + "\n"
+
+
+def _parser():
+  parser = argparse.ArgumentParser(
+      usage="%(prog)s --nodes=N --gpus_per_node=G [options] -- --config=... --workdir=/SHARED/DIR [...]",
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--nodes", type=_positive, required=True, help="how many nodes")
+  parser.add_argument("--gpus_per_node", type=_positive, required=True, help="GPUs to use on each node")
+  parser.add_argument("--per", choices=["gpu", "node"], default="gpu",
+                      help="one process per GPU (default), or one per node that drives all its GPUs")
+  parser.add_argument("--partition", help="SLURM partition (default: the cluster's)")
+  parser.add_argument("--time", help="time limit, e.g. 04:00:00 (default: the partition's)")
+  parser.add_argument("--job_name", default="jaxtrain", help="job name (default %(default)s)")
+  parser.add_argument("--venv", help="virtual environment to activate in the job (on a shared filesystem)")
+  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                      help="print the batch script and the sbatch command; write and submit nothing")
+  return parser
+
+
+def _positive(text):
+  if not text.isdigit() or int(text) < 1:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+  return int(text)
+
+
+def _split_at_dashes(argv):
+  """(the launcher's own arguments, the arguments after the first `--`)."""
+  if "--" not in argv:
+    return argv, []
+  i = argv.index("--")
+  return argv[:i], argv[i + 1:]
+
+
+def _flag_value(args, name):
+  """The value of --name=V or --name V in args (the last one wins, as in absl), or None."""
+  value = None
+  for i, arg in enumerate(args):
+    if arg.startswith(f"--{name}="):
+      value = arg.split("=", 1)[1]
+    elif arg == f"--{name}" and i + 1 < len(args):
+      value = args[i + 1]
+  return value
+
+
+def _check_job_args(job_args):
+  """The work directory, once the run's flags are known to name a config and an absolute work directory."""
+  workdir = _flag_value(job_args, "workdir")
+  if not _flag_value(job_args, "config") or not workdir:
+    _fail("after --, pass the run's flags, at least --config=experiments/NAME.py and --workdir=/SHARED/DIR")
+  if not workdir.startswith("/"):
+    # The job runs in the repository, not here: a relative path would mean two places.
+    _fail(f"--workdir={workdir}: give an absolute path on a filesystem every node shares")
+  return workdir.rstrip("/") or "/"
+
+
+def _on_path(tool):
+  return any(os.access(os.path.join(d, tool), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep) if d)
+
+
+def _fail(message):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,188 @@
+"""Runs a jaxtrain experiment on a Cloud TPU VM (one host or a whole pod slice).
+
+    python scripts/launch_tpu_vm.py --name=NAME --zone=ZONE --accelerator_type=TYPE \\
+        [--version=V] [--project=P] [--spot] [--reuse] [--keep] [--dry-run] \\
+        -- --config=experiments/NAME.py[:ARG] --workdir=/SHARED/DIR [--config.a.b=V ...]
+
+Examples:
+
+    # A v4-32 slice (4 hosts) for one run, deleted when the run ends:
+    python scripts/launch_tpu_vm.py --name=d1 --zone=us-central2-b --accelerator_type=v4-32 \\
+        -- --config=experiments/digits.py --workdir=/mnt/shared/runs/d1
+    # Again on the same TPU, kept afterwards; print the commands only:
+    python scripts/launch_tpu_vm.py --name=d1 --zone=us-central2-b --reuse --dry-run \\
+        -- --config=experiments/digits.py --workdir=/mnt/shared/runs/d1 --config.total_epochs=20
+
+Steps, each printed (`+ command`) before it runs:
+  1. create the TPU VM (`gcloud compute tpus tpu-vm create`), or with --reuse check that
+     it exists (`... describe`);
+  2. pack the repository's committed files (`git archive HEAD`: commit your changes
+     first) and copy the tarball to every worker (`... scp --worker=all`);
+  3. on every worker at once (`... ssh --worker=all`): unpack into ~/jaxtrain,
+     `python3 -m pip install -e . jax[tpu]`, and `python3 -m jaxtrain.launch` with the
+     arguments after `--`. gcloud streams every worker's output to this terminal: that is
+     the job's log.
+  4. delete the TPU VM, also when the job fails or on Ctrl-C (not with --keep or --reuse).
+The exit status is the job's.
+
+Every worker runs the same command; jaxtrain sees it is on a Cloud TPU VM and calls
+`jax.distributed.initialize()`, which finds the other workers itself, so no
+--coordinator_address/--num_processes/--process_id are passed. --workdir must be an
+absolute path that every worker shares (an NFS or Filestore mount, or a gcsfuse mount of
+a bucket) and that outlives the TPU VM: checkpoints are written by every worker.
+
+jaxtrain needs Python 3.11 or newer, and the Ubuntu 22.04 TPU images' python3 is older:
+install one on the workers (a TPU VM you then --reuse, say) and name it with --python.
+"""
+
+import argparse
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TPU_VM = ["gcloud", "compute", "tpus", "tpu-vm"]
+
+
+def main(argv):
+  own, job_args = _split_at_dashes(argv)
+  parser = _parser()
+  args = parser.parse_args(own)
+  if not args.reuse and not args.accelerator_type:
+    parser.error("--accelerator_type is required (unless --reuse)")
+  _check_job_args(job_args)
+  if not args.dry_run:
+    for tool in ("gcloud", "git"):
+      if not _on_path(tool):
+        _fail(f"{tool} is not on PATH (install the Google Cloud CLI and git, or use --dry-run)")
+    _warn_if_uncommitted()
+
+  where = [f"--zone={args.zone}"] + ([f"--project={args.project}"] if args.project else [])
+  if args.reuse:
+    describe = TPU_VM + ["describe", args.name, *where, "--format=value(state)"]
+    _show(describe)
+    if not args.dry_run:
+      result = subprocess.run(describe, stdout=subprocess.PIPE, text=True, check=False)
+      if result.returncode:
+        return result.returncode  # gcloud said why (no such TPU VM, say).
+      if result.stdout.strip() != "READY":
+        _fail(f"TPU VM {args.name} is {result.stdout.strip() or 'in an unknown state'}, not READY")
+  else:
+    # --project after --zone, as in every command here; --spot last.
+    create = TPU_VM + ["create", args.name, where[0], f"--accelerator-type={args.accelerator_type}",
+                       f"--version={args.version}", *where[1:]] + (["--spot"] if args.spot else [])
+    status = _step(create, args.dry_run)
+    if status:
+      return status  # Nothing was created, so there is nothing to delete.
+
+  tarball = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"jaxtrain-{args.name}.tar.gz")
+  try:  # Ctrl-C (KeyboardInterrupt) also goes through the finally.
+    status = (_step(["git", "-C", ROOT, "archive", "--format=tar.gz", "-o", tarball, "HEAD"], args.dry_run)
+              or _step(TPU_VM + ["scp", tarball, f"{args.name}:~/jaxtrain.tar.gz", "--worker=all", *where],
+                       args.dry_run)
+              or _step(TPU_VM + ["ssh", args.name, *where, "--worker=all",
+                                 f"--command={_remote_command(args.python, job_args)}"], args.dry_run))
+  finally:
+    if not args.dry_run:
+      pathlib.Path(tarball).unlink(missing_ok=True)
+    if not (args.keep or args.reuse):
+      _step(TPU_VM + ["delete", args.name, *where, "--quiet"], args.dry_run)
+  return status
+
+
+def _remote_command(python, job_args):
+  """What every worker runs: unpack the code, install it, start the run."""
+  python = shlex.quote(python)
+  return ("set -e; mkdir -p ~/jaxtrain && tar -xzf ~/jaxtrain.tar.gz -C ~/jaxtrain && cd ~/jaxtrain"
+          f" && {python} -m pip install -q -e . 'jax[tpu]'"
+          f" && {python} -m jaxtrain.launch {shlex.join(job_args)}")
+
+
+def _parser():
+  parser = argparse.ArgumentParser(
+      usage="%(prog)s --name=NAME --zone=ZONE --accelerator_type=TYPE [options] "
+      "-- --config=... --workdir=/SHARED/DIR [--config.a.b=V ...]",
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--name", required=True, help="TPU VM name (also names the local tarball)")
+  parser.add_argument("--zone", required=True, help="e.g. us-central2-b")
+  parser.add_argument("--accelerator_type", help="e.g. v4-8 (one host), v4-32 (4 hosts), v5litepod-16")
+  parser.add_argument("--version", default="tpu-ubuntu2204-base",
+                      help="TPU software version (default %(default)s, for v4; v5e: v2-alpha-tpuv5-lite, "
+                      "v5p: v2-alpha-tpuv5, v6e: v2-alpha-tpuv6e)")
+  parser.add_argument("--project", help="Google Cloud project (default: gcloud's configured one)")
+  parser.add_argument("--spot", action="store_true", help="create a Spot TPU VM (cheaper, can be preempted)")
+  parser.add_argument("--reuse", action="store_true",
+                      help="use an existing TPU VM instead of creating one; it is not deleted")
+  parser.add_argument("--keep", action="store_true", help="do not delete the TPU VM when the job ends")
+  parser.add_argument("--python", default="python3",
+                      help="Python on the workers (default %(default)s); jaxtrain needs 3.11 or newer")
+  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                      help="print the commands, run nothing")
+  return parser
+
+
+def _split_at_dashes(argv):
+  """(the launcher's own arguments, the arguments after the first `--`)."""
+  if "--" not in argv:
+    return argv, []
+  i = argv.index("--")
+  return argv[:i], argv[i + 1:]
+
+
+def _flag_value(args, name):
+  """The value of --name=V or --name V in args (the last one wins, as in absl), or None."""
+  value = None
+  for i, arg in enumerate(args):
+    if arg.startswith(f"--{name}="):
+      value = arg.split("=", 1)[1]
+    elif arg == f"--{name}" and i + 1 < len(args):
+      value = args[i + 1]
+  return value
+
+
+def _check_job_args(job_args):
+  workdir = _flag_value(job_args, "workdir")
+  if not _flag_value(job_args, "config") or not workdir:
+    _fail("after --, pass the run's flags, at least --config=experiments/NAME.py and --workdir=/SHARED/DIR")
+  if not workdir.startswith("/"):
+    # A relative path would land on each worker's own disk, deleted with the TPU VM.
+    _fail(f"--workdir={workdir}: give an absolute path that every worker shares "
+          "(an NFS/Filestore mount, or a gcsfuse mount of a bucket)")
+
+
+def _on_path(tool):
+  return any(os.access(os.path.join(d, tool), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep) if d)
+
+
+def _warn_if_uncommitted():
+  """git archive ships HEAD only: say so when the working tree differs from it."""
+  changes = subprocess.run(["git", "-C", ROOT, "status", "--porcelain"], capture_output=True, text=True,
+                           check=False).stdout.splitlines()
+  if changes:
+    print(f"warning: {len(changes)} uncommitted change(s) in {ROOT} are not copied: the workers get HEAD",
+          file=sys.stderr)
+
+
+def _show(command):
+  print("+ " + shlex.join(command), flush=True)
+
+
+def _step(command, dry_run):
+  """Prints `+ command`, then runs it (unless dry_run): its exit status."""
+  _show(command)
+  return 0 if dry_run else subprocess.run(command, check=False).returncode
+
+
+def _fail(message):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+if __name__ == "__main__":
+  try:
+    sys.exit(main(sys.argv[1:]))
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
