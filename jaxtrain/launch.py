@@ -2,9 +2,9 @@
 
 `--mode=eval [--step=N]` evaluates a checkpoint instead of training.
 `--config.a.b=value` overrides any config value. On several hosts, run the same command
-on every host with `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`,
-which go to `jax.distributed.initialize`. (Detecting Cloud TPU and SLURM clusters without
-these flags is not wired up yet.)
+on every host. In a SLURM job step (srun) or on a Cloud TPU VM, JAX finds the other
+processes itself; elsewhere give `--coordinator_address=HOST:PORT --num_processes=N
+--process_id=I`, which go to `jax.distributed.initialize`.
 """
 
 import logging as std_logging
@@ -21,6 +21,7 @@ import jax
 from ml_collections import config_flags
 
 from jaxtrain import evaluate
+from jaxtrain import parallel
 from jaxtrain import train
 from jaxtrain.errors import UserError
 from jaxtrain.preemption import Preempted
@@ -53,11 +54,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _LIBRARY_INFO.value:
     logging.get_absl_handler().addFilter(_QuietLibraries())
-  if _COORDINATOR.value or _NUM_PROCESSES.value or _PROCESS_ID.value is not None:
-    # Lets several processes on CPUs run collectives (tests, laptops); GPUs and TPUs ignore it.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+  cluster = parallel.join_processes(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if cluster:
+    logging.info("Process %d of %d (found by %s).", jax.process_index(), jax.process_count(), cluster)
   config_file = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]  # Less ':arg'.
   if not os.path.isfile(config_file):
     _fail(f"--config={config_file}: no such file")

@@ -27,7 +27,29 @@ import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from jaxtrain.errors import UserError
+from jaxtrain.errors import UserError, did_you_mean
+
+def join_processes(coordinator_address=None, num_processes=None, process_id=None):
+  """Starts JAX's multi-process runtime when this is one process of several: when the
+  launcher's flags say so, or when JAX detects a SLURM job step or a Cloud TPU VM (it then
+  reads the coordinator, process count and index from SLURM_* variables or the TPU
+  metadata). Elsewhere (a laptop, one GPU machine) it does nothing. Returns the cluster
+  found ('flags', 'slurm', 'gcetpu', 'gketpu') or None."""
+  if coordinator_address or num_processes or process_id is not None:
+    method = "flags"
+  else:
+    # Only the environments we document, not every one JAX knows (a Kubernetes pod is not a job).
+    from jax._src import clusters  # pylint: disable=import-outside-toplevel  (JAX's own detection)
+    found = [c for c in (clusters.SlurmCluster, clusters.GkeTpuCluster, clusters.GceTpuCluster) if c.is_env_present()]
+    if not found:
+      return None
+    method = found[0].name
+  # Lets several processes on CPUs run collectives (tests, laptops); GPUs and TPUs ignore it.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                             cluster_detection_method=None if method == "flags" else method)
+  return method
+
 
 AXES = ("data", "fsdp", "tensor")  # Outermost first: data parallelism can cross hosts, tensor should not.
 BATCH_AXES = ("data", "fsdp")       # FSDP is data parallelism too: each fsdp shard sees its own examples.
@@ -181,7 +203,8 @@ def _mesh_sizes(config, device_count):
   defaults = {"data": -1, "fsdp": 1, "tensor": 1}
   unknown = sorted(set(config.keys()) - set(defaults))
   if unknown:
-    raise UserError(f"unknown config key 'parallel.mesh.{unknown[0]}'; the mesh axes are data, fsdp and tensor")
+    raise UserError(f"unknown config key 'parallel.mesh.{unknown[0]}'{did_you_mean(unknown[0], AXES, 'parallel.mesh.')}; "
+                    f"the mesh axes are data, fsdp and tensor")
   sizes = {axis: config.get(axis, default) for axis, default in defaults.items()}
   if any(size == 0 or size < -1 for size in sizes.values()):
     raise UserError(f"parallel.mesh sizes must be positive, or -1 for the rest of the devices; got {_show(sizes)}")

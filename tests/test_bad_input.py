@@ -101,6 +101,35 @@ CASES = [
      r"checkpoint.best_mode must be 'max' or 'min', got 'lowest'"),
     ("schedule not a section", written_as("schedule", "cosine"),
      r"config key 'schedule' must be a section \(a dict of keys\), got 'cosine'"),
+    ("unknown dtype", lambda c: c.model.update(dtype="bfloat17"),
+     r"config key 'model.dtype' must name a float dtype such as 'float32' or 'bfloat16' \(mixed precision\), "
+     r"got 'bfloat17'"),
+    ("integer dtype", lambda c: c.model.update(dtype="int8"), r"config key 'model.dtype' must name a float dtype"),
+    ("unknown strategy", lambda c: c.parallel.update(strategy="pmapp"),
+     r"parallel.strategy must be 'jit' or 'pmap', got 'pmapp'"),
+    ("two mesh axes take the rest", lambda c: c.parallel.mesh.update(fsdp=-1),
+     r"parallel.mesh has -1 on data and fsdp; at most one axis may take the rest of the devices, "
+     r"e.g. --config.parallel.mesh.data=1 --config.parallel.mesh.fsdp=-1"),
+    ("mesh of more devices than there are", lambda c: c.parallel.mesh.update(data=2),
+     r"parallel.mesh \(data=2, fsdp=1, tensor=1\) needs 2 devices; there are 1: make the sizes multiply to 1, "
+     r"or set one to -1"),
+    ("mesh size zero", lambda c: c.parallel.mesh.update(tensor=0),
+     r"parallel.mesh sizes must be positive, or -1 for the rest of the devices; got \(data=-1, fsdp=1, tensor=0\)"),
+    ("mesh axis typo", written_as("parallel.mesh.fsdb", 2),
+     r"unknown config key 'parallel.mesh.fsdb' \(did you mean 'parallel.mesh.fsdp'\?\)"),
+    ("rule on an unknown axis", lambda c: c.parallel.update(rules=(("Dense_0/kernel", (None, "model")),)),
+     r"parallel.rules\[0\] names axis 'model'; the mesh axes are data, fsdp, tensor"),
+    ("rule that matches nothing", lambda c: c.parallel.update(rules=(("Dense_9/kernel", (None, "tensor")),)),
+     r"parallel.rules\[0\] pattern 'Dense_9/kernel' matches no array of the train state \(paths look like "
+     r"'.*'\); fix the pattern or drop the rule"),
+    ("rule with more axes than dimensions", lambda c: c.parallel.update(rules=(("Dense_0/bias", (None, "tensor")),)),
+     r"parallel.rules\[0\] gives 2 axes to params/Dense_0/bias, which has 1 dimensions \(32,\)"),
+    ("rule not a pair", lambda c: c.parallel.update(rules=("Dense_0/kernel",)),
+     r"parallel.rules\[0\] must be \(regex, spec\) with spec a tuple like \(None, 'tensor'\), got 'Dense_0/kernel'"),
+    ("accumulation the batch cannot split", lambda c: c.parallel.update(accumulate_steps=3),
+     r"input.batch_size=32 cannot be split evenly over 1 devices x 3 microbatches; use a positive multiple of 3"),
+    ("no accumulation steps", lambda c: c.parallel.update(accumulate_steps=0),
+     r"config key 'parallel.accumulate_steps' must be at least 1, got 0"),
 ]
 
 

@@ -323,3 +323,66 @@ def test_skip_nonfinite_leaves_the_state_but_advances_the_step():
   assert float(good["skipped"]) == 0.0 and np.isfinite(float(good["loss"]))
   assert not all(np.array_equal(np.asarray(a), np.asarray(b))
                  for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(good_state.params)))
+
+
+# ---------------------------------------------------------------------------------------
+# Weighted losses, gradient accumulation, mixed precision.
+# ---------------------------------------------------------------------------------------
+
+
+def weighted_batch(seed=3, batch=16):
+  weights = np.random.default_rng(seed).uniform(0, 2, batch).astype(np.float32)
+  weights[::5] = 0.0  # Some examples (think: padding tokens) do not count at all.
+  return {**make_batch(seed, batch), "weights": weights}
+
+
+def test_the_loss_is_the_weighted_mean_over_the_batch():
+  model, tx, loss_fn, lr_fn, state = build(MLP)
+  batch = weighted_batch()
+  _, metrics = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn))(state, batch)
+  logits, _ = model.apply({"params": state.params}, batch["image"], train=True)
+  per_example = np.asarray(loss_fn(logits, batch["labels"]))
+  np.testing.assert_allclose(float(metrics["loss"]), np.sum(per_example * batch["weights"]) / batch["weights"].sum(),
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize("accumulate_steps", [2, 4, 8])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_accumulating_microbatches_equals_the_large_batch(accumulate_steps, weighted):
+  model, tx, loss_fn, lr_fn, state = build(MLP)
+  batch = weighted_batch() if weighted else make_batch(batch=16)
+  large = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn))
+  micro = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn, accumulate_steps=accumulate_steps))
+  state_large, state_micro = state, copy(state)
+  for _ in range(3):
+    state_large, metrics_large = large(state_large, batch)
+    state_micro, metrics_micro = micro(state_micro, batch)
+    for key in ("loss", "accuracy", "grad_norm", "lr"):
+      np.testing.assert_allclose(float(metrics_micro[key]), float(metrics_large[key]), rtol=1e-5, err_msg=key)
+  for a, b in zip(jax.tree.leaves(state_large.params), jax.tree.leaves(state_micro.params), strict=True):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+
+
+def test_accumulation_is_not_the_same_as_one_microbatch():
+  """The check above can fail: a step on the first microbatch alone differs."""
+  model, tx, loss_fn, lr_fn, state = build(MLP)
+  batch = weighted_batch()
+  _, full = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn, accumulate_steps=4))(state, batch)
+  first = jax.tree.map(lambda x: x[::4], batch)  # Microbatch 0 takes examples 0, 4, 8, ...
+  _, alone = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn))(copy(state), first)
+  assert abs(float(full["loss"]) - float(alone["loss"])) > 1e-3
+
+
+def test_bfloat16_computes_in_bfloat16_and_keeps_float32_params():
+  model, tx, loss_fn, lr_fn, state = build({**MLP, "dtype": "bfloat16"})
+  step = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn))
+  hlo = step.lower(state, make_batch()).as_text()
+  assert any("dot_general" in line and "bf16" in line for line in hlo.splitlines())
+  new_state, metrics = step(state, make_batch())
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new_state.params))
+  assert metrics["loss"].dtype == jnp.float32
+  _, _, _, _, state32 = build(MLP)
+  _, metrics32 = jax.jit(step_lib.make_train_step(*build(MLP)[:4]))(state32, make_batch())
+  # The same model to bfloat16's precision (8 bits of mantissa), not to float32's.
+  assert float(metrics["loss"]) == pytest.approx(float(metrics32["loss"]), rel=2e-2)
+  assert float(metrics["loss"]) != float(metrics32["loss"])

@@ -7,6 +7,7 @@ the representation before the classifier head (few-shot evaluators probe it).
 import dataclasses
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from jaxtrain import config as config_lib
 from jaxtrain.errors import UserError
@@ -28,8 +29,21 @@ def build(model_config):
   fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
   defaults = {key: None if f.default is dataclasses.MISSING else f.default for key, f in fields.items()}
   config_lib.check_kwargs(model_config, kwargs, {**defaults, "name": None}, f"model '{name}'")
+  if "dtype" in kwargs:
+    _check_dtype(model_config.path("dtype"), kwargs["dtype"])
   for key, field in fields.items():
     no_default = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
     if no_default and key not in kwargs:
       raise UserError(f"config key '{model_config.path(key)}' is required by model '{name}' but not set")
   return cls(**kwargs)
+
+
+def _check_dtype(path, name):
+  """The computation dtype must be a float JAX knows ('float32', 'bfloat16', 'float16')."""
+  try:
+    ok = jnp.issubdtype(jnp.dtype(name), jnp.floating)
+  except TypeError:
+    ok = False
+  if not ok:
+    raise UserError(f"config key '{path}' must name a float dtype such as 'float32' or 'bfloat16' "
+                    f"(mixed precision), got {name!r}")
