@@ -12,7 +12,10 @@ Saves are asynchronous: training goes on while the files are written, and Orbax 
 makes a step visible once all of it is on disk.
 """
 
+import dataclasses
+import json
 import os
+from typing import Any
 
 from absl import logging
 import grain
@@ -41,7 +44,7 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory,
         item_handlers={**{name: ocp.StandardCheckpointHandler() for name in _ARRAY_ITEMS},
-                       "data": grain.checkpoint.CheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()},
+                       "data": _DataHandler(), "metadata": ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
             create=not read_only, read_only=read_only, enable_async_checkpointing=True),
@@ -56,7 +59,7 @@ class Checkpointer:
     arrays = {name: ocp.args.StandardSave(tree) for name, tree in _split(state).items()}
     best = {self.best_metric: metrics_now[self.best_metric]} if self.best_metric in metrics_now else None
     self._manager.save(step, metrics=best, args=ocp.args.Composite(
-        **arrays, data=grain.checkpoint.CheckpointSave(data_iterator), metadata=ocp.args.JsonSave(metadata)))
+        **arrays, data=_DataSave(data_iterator), metadata=ocp.args.JsonSave(metadata)))
 
   def restore_newest(self, abstract_state, data_iterator):
     """(state, metadata) of the newest checkpoint that reads, or None if there is none; it
@@ -85,7 +88,7 @@ class Checkpointer:
                       f"resume with the config it was saved with, or use a new --workdir")
     items = {name: ocp.args.StandardRestore(tree) for name, tree in wanted.items()}
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      items["data"] = _DataRestore(data_iterator)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items, metadata=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
@@ -122,6 +125,35 @@ class Checkpointer:
 
 
 _ARRAY_ITEMS = ("params", "opt_state", "rest")
+
+
+class _DataHandler(grain.checkpoint.CheckpointHandler):
+  """Grain's handler (one file per process, `process_<i>-of-<n>.json`), which can also
+  resume with another number of processes: every process's position is the index of the
+  next global batch, the same on all of them (see data/pipeline.py), so process 0's file
+  of a run with another count says where each process is."""
+
+  def restore(self, directory, item=None, args=None):
+    iterator = item or args.item
+    own = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    saved = sorted(directory.glob("process_0-of-*.json"))
+    if own.exists() or not saved:
+      return super().restore(directory, item, args)
+    iterator.set_state(json.loads(saved[0].read_text()))
+    iterator.start_prefetch()
+    return iterator
+
+
+@ocp.args.register_with_handler(_DataHandler, for_save=True)
+@dataclasses.dataclass
+class _DataSave(ocp.args.CheckpointArgs):
+  item: Any
+
+
+@ocp.args.register_with_handler(_DataHandler, for_restore=True)
+@dataclasses.dataclass
+class _DataRestore(ocp.args.CheckpointArgs):
+  item: Any
 
 
 class _Unreadable(UserError):

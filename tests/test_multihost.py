@@ -1,15 +1,20 @@
-"""Two real processes on 127.0.0.1 (gloo CPU collectives), one CPU device each."""
+"""Real processes on 127.0.0.1 (gloo CPU collectives) train as one process with as many
+devices: started with the launcher's flags or, as under srun, with SLURM's variables only;
+and a checkpoint they write resumes in one process."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
-from test_interruptions import ARGS, assert_same_run, rows, wait_for_step
-from conftest import ROOT
+from conftest import ROOT, read_checkpoint
+from test_interruptions import ARGS, TOTAL, assert_same_run, rows, wait_for_step
 
 pytestmark = pytest.mark.slow
 
@@ -20,25 +25,67 @@ def free_port():
     return s.getsockname()[1]
 
 
-def start_two(workdir):
+def start_two(workdir, *more, devices=1, slurm=False):
+  """Two processes of `devices` CPU devices each, told about each other by flags or by
+  the variables srun sets (JAX's own SLURM detection; JAX_COORDINATOR_PORT picks the port)."""
   port = free_port()
-  return [subprocess.Popen([sys.executable, "-m", "jaxtrain.launch", f"--workdir={workdir}", *ARGS,
-                            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-          for i in range(2)]
+  processes = []
+  for i in range(2):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    if slurm:
+      env.update(SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS="2", SLURM_PROCID=str(i),
+                 SLURM_LOCALID=str(i), JAX_COORDINATOR_PORT=str(port))
+      cluster = []
+    else:
+      cluster = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"]
+    processes.append(subprocess.Popen(
+        [sys.executable, "-m", "jaxtrain.launch", f"--workdir={workdir}", *ARGS, *more, *cluster],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+  return processes
 
 
-def finish_two(workdir):
-  processes = start_two(workdir)
+def finish_two(workdir, *more, **kwargs):
+  processes = start_two(workdir, *more, **kwargs)
+  stderrs = []
   for p in processes:
     _, stderr = p.communicate(timeout=300)
     assert p.returncode == 0, stderr[-3000:]
+    stderrs.append(stderr)
+  return stderrs
+
+
+def finish_one(workdir, *more, devices):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  result = subprocess.run([sys.executable, "-m", "jaxtrain.launch", f"--workdir={workdir}", *ARGS, *more], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, check=False, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def assert_close_runs(workdir, reference):
+  """The same global batches: metric rows and final params equal up to the order of float sums."""
+  one, two = rows(workdir), rows(reference)
+  assert [sorted(r) for r in one] == [sorted(r) for r in two]
+  for a, b in zip(one, two):
+    for key in a:
+      assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
+  for a, b in zip(jax.tree.leaves(read_checkpoint(reference, TOTAL)), jax.tree.leaves(read_checkpoint(workdir, TOTAL)),
+                  strict=True):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-3, atol=1e-5)  # 300 Adam steps of drift.
 
 
 @pytest.fixture(scope="module")
 def two_process_reference(tfds_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("reference2") / "run")
   finish_two(workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def four_devices(tfds_dir, tmp_path_factory):
+  """One process with four devices: what two processes of two devices each must match."""
+  workdir = str(tmp_path_factory.mktemp("four") / "run")
+  finish_one(workdir, devices=4)
   return workdir
 
 
@@ -66,12 +113,30 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_they_resume(two_
 
 def test_two_processes_train_as_one_process_with_two_devices(two_process_reference, tmp_path):
   workdir = str(tmp_path / "one")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  result = subprocess.run([sys.executable, "-m", "jaxtrain.launch", f"--workdir={workdir}", *ARGS], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, check=False, env=env)
-  assert result.returncode == 0, result.stderr[-3000:]
-  one, two = rows(workdir), rows(two_process_reference)
-  assert [sorted(r) for r in one] == [sorted(r) for r in two]
-  for a, b in zip(one, two):  # The same global batches: only the order of float reductions may differ.
-    for key in a:
-      assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
+  finish_one(workdir, devices=2)
+  assert_close_runs(workdir, two_process_reference)
+
+
+def test_two_processes_of_two_devices_train_as_one_process_of_four(four_devices, tmp_path):
+  workdir = str(tmp_path / "two")
+  finish_two(workdir, devices=2)
+  assert_close_runs(workdir, four_devices)
+
+
+def test_slurm_variables_alone_start_the_processes(two_process_reference, tmp_path):
+  workdir = str(tmp_path / "slurm")
+  stderrs = finish_two(workdir, slurm=True)
+  assert all(f"Process {i} of 2 (found by slurm)." in stderr for i, stderr in enumerate(stderrs))
+  assert_same_run(workdir, two_process_reference)  # The very same run as with the flags.
+
+
+def test_a_checkpoint_written_by_two_processes_with_fsdp_resumes_in_one(four_devices, tmp_path):
+  workdir = str(tmp_path / "moved")
+  fsdp = ["--config.parallel.mesh.data=1", "--config.parallel.mesh.fsdp=-1", "--config.parallel.fsdp_min_size=0"]
+  finish_two(workdir, *fsdp, devices=2)
+  for name in os.listdir(os.path.join(workdir, "checkpoints")):
+    if int(name) > 150:  # As if the two processes had stopped after saving step 150...
+      shutil.rmtree(os.path.join(workdir, "checkpoints", name))
+  result = finish_one(workdir, devices=4)  # ...and one process, data parallel over 4 devices, took over.
+  assert "Resumed from checkpoint at step 150." in result.stderr
+  assert_close_runs(workdir, four_devices)
