@@ -15,7 +15,7 @@ Everything else is replicated. The state is created already split (jit of the in
 output shardings): no device ever holds a whole model it does not need to.
 
 'pmap' is classic data parallelism: a replicated state, each device a slice of the batch,
-gradients, metrics and batch statistics averaged over devices with pmean.
+the gradient and metric sums added over devices with psum, batch statistics averaged.
 
 Each process feeds only its own slice of the global batch.
 """
@@ -28,6 +28,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from jaxtrain.errors import UserError, did_you_mean
+
 
 def join_processes(coordinator_address=None, num_processes=None, process_id=None):
   """Starts JAX's multi-process runtime when this is one process of several: when the
@@ -63,18 +64,20 @@ class Strategy:
     if self.kind not in ("jit", "pmap"):
       raise UserError(f"parallel.strategy must be 'jit' or 'pmap', got {self.kind!r}")
     sizes = _mesh_sizes(config.section("mesh"), jax.device_count())
-    if self.kind == "pmap" and sizes["data"] != jax.device_count():
-      raise UserError("parallel.strategy='pmap' replicates the state on every device: it takes no "
-                      "parallel.mesh.fsdp or parallel.mesh.tensor; use strategy 'jit' for those")
     self.fsdp_min_size = config.get("fsdp_min_size", 2**16, minimum=0)
     self.rules = _parse_rules(config.get("rules", ()), sizes)
+    if self.kind == "pmap" and (sizes["data"] != jax.device_count() or self.rules):
+      raise UserError("parallel.strategy='pmap' replicates the state on every device: it takes no "
+                      "parallel.mesh.fsdp, parallel.mesh.tensor or parallel.rules; use strategy 'jit' for those")
     if self.kind == "pmap":
-      self.axis_name = "batch"  # pmap's collectives are written out in the step (pmean, psum).
+      self.axis_name = "batch"  # pmap's collectives are written out in the step (psum, pmean).
       self.mesh = Mesh(np.array(jax.devices()), ("batch",))
+      self.batch_axes = ("batch",)
       self.batch_sharding = NamedSharding(self.mesh, P("batch"))  # [devices, examples per device, ...]
     else:
       self.axis_name = None  # jit derives its collectives from the shardings.
       self.mesh = jax.make_mesh(tuple(sizes.values()), AXES, axis_types=(AxisType.Auto,) * len(AXES))
+      self.batch_axes = BATCH_AXES
       self.batch_sharding = NamedSharding(self.mesh, P(BATCH_AXES))
     self.replicated = NamedSharding(self.mesh, P())
 
@@ -89,7 +92,7 @@ class Strategy:
   @property
   def batch_shards(self):
     """Into how many parts the global batch is split."""
-    return math.prod(self.mesh.shape[a] for a in self.mesh.axis_names if a in BATCH_AXES + ("batch",))
+    return math.prod(self.mesh.shape[axis] for axis in self.batch_axes)
 
   def describe(self):
     if self.kind == "pmap":
@@ -157,7 +160,9 @@ class Strategy:
     unused = [i for i in range(len(self.rules)) if i not in matched]
     if unused:
       i = unused[0]
-      example = jax.tree_util.keystr(jax.tree_util.tree_leaves_with_path(shapes)[-1][0], simple=True, separator="/")
+      names = [jax.tree_util.keystr(path, simple=True, separator="/")
+               for path, _ in jax.tree_util.tree_leaves_with_path(shapes)]
+      example = next((name for name in names if name.startswith("params/")), names[0])
       raise UserError(f"parallel.rules[{i}] pattern {self.rules[i][0]!r} matches no array of the train state "
                       f"(paths look like {example!r}); fix the pattern or drop the rule")
     return specs

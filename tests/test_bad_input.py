@@ -121,13 +121,16 @@ CASES = [
      r"parallel.rules\[0\] names axis 'model'; the mesh axes are data, fsdp, tensor"),
     ("rule that matches nothing", lambda c: c.parallel.update(rules=(("Dense_9/kernel", (None, "tensor")),)),
      r"parallel.rules\[0\] pattern 'Dense_9/kernel' matches no array of the train state \(paths look like "
-     r"'.*'\); fix the pattern or drop the rule"),
+     r"'params/Dense_0/bias'\); fix the pattern or drop the rule"),
     ("rule with more axes than dimensions", lambda c: c.parallel.update(rules=(("Dense_0/bias", (None, "tensor")),)),
      r"parallel.rules\[0\] gives 2 axes to params/Dense_0/bias, which has 1 dimensions \(32,\)"),
     ("rule not a pair", lambda c: c.parallel.update(rules=("Dense_0/kernel",)),
      r"parallel.rules\[0\] must be \(regex, spec\) with spec a tuple like \(None, 'tensor'\), got 'Dense_0/kernel'"),
     ("accumulation the batch cannot split", lambda c: c.parallel.update(accumulate_steps=3),
      r"input.batch_size=32 cannot be split evenly over 1 devices x 3 microbatches; use a positive multiple of 3"),
+    ("pmap with rules", lambda c: c.parallel.update(strategy="pmap", rules=(("Dense_0/kernel", (None, "tensor")),)),
+     r"parallel.strategy='pmap' replicates the state on every device: it takes no parallel.mesh.fsdp, "
+     r"parallel.mesh.tensor or parallel.rules; use strategy 'jit' for those"),
     ("no accumulation steps", lambda c: c.parallel.update(accumulate_steps=0),
      r"config key 'parallel.accumulate_steps' must be at least 1, got 0"),
 ]
