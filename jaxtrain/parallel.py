@@ -16,6 +16,9 @@ output shardings): no device ever holds a whole model it does not need to.
 
 'pmap' is classic data parallelism: a replicated state, each device a slice of the batch,
 the gradient and metric sums added over devices with psum, batch statistics averaged.
+It is built as jit of shard_map over a 1-D mesh of all devices (which is how jax 0.10
+implements `jax.pmap` itself), so that, like 'jit', it takes global arrays and compiles
+ahead of time on several hosts too, where `jax.pmap` wants host-local arrays.
 
 Each process feeds only its own slice of the global batch.
 """
@@ -36,13 +39,17 @@ def join_processes(coordinator_address=None, num_processes=None, process_id=None
   reads the coordinator, process count and index from SLURM_* variables or the TPU
   metadata). Elsewhere (a laptop, one GPU machine) it does nothing. Returns the cluster
   found ('flags', 'slurm', 'gcetpu', 'gketpu') or None."""
+  if num_processes == 1 and not coordinator_address:
+    return None  # Said to be alone: e.g. one of several independent runs in one SLURM allocation.
   if coordinator_address or num_processes or process_id is not None:
     method = "flags"
   else:
     # Only the environments we document, not every one JAX knows (a Kubernetes pod is not a job).
     from jax._src import clusters  # pylint: disable=import-outside-toplevel  (JAX's own detection)
     found = [c for c in (clusters.SlurmCluster, clusters.GkeTpuCluster, clusters.GceTpuCluster) if c.is_env_present()]
-    if not found:
+    # A job step of one task (`srun -n1`, several per allocation) is no multi-process run:
+    # starting a coordinator on the job's fixed port would clash with its sibling steps.
+    if not found or found[0].get_process_count() == 1:
       return None
     method = found[0].name
   # Lets several processes on CPUs run collectives (tests, laptops); GPUs and TPUs ignore it.
@@ -73,7 +80,7 @@ class Strategy:
       self.axis_name = "batch"  # pmap's collectives are written out in the step (psum, pmean).
       self.mesh = Mesh(np.array(jax.devices()), ("batch",))
       self.batch_axes = ("batch",)
-      self.batch_sharding = NamedSharding(self.mesh, P("batch"))  # [devices, examples per device, ...]
+      self.batch_sharding = NamedSharding(self.mesh, P("batch"))
     else:
       self.axis_name = None  # jit derives its collectives from the shardings.
       self.mesh = jax.make_mesh(tuple(sizes.values()), AXES, axis_types=(AxisType.Auto,) * len(AXES))
@@ -103,28 +110,21 @@ class Strategy:
     """`multiple_of`: each part must also split evenly, e.g. into accumulation microbatches."""
     parts = self.batch_shards * multiple_of
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0 or batch_size % parts:
-      over = f"{self.batch_shards} devices" + (f" x {multiple_of} microbatches" if multiple_of > 1 else "")
+      over = (f"{self.batch_shards} devices" if self.batch_shards == jax.device_count()
+              else f"{self.batch_shards} batch shards (parallel.mesh data x fsdp)")
+      over += f" x {multiple_of} microbatches" if multiple_of > 1 else ""
       raise UserError(f"{key}={batch_size!r} cannot be split evenly over {over}; use a positive multiple of {parts}")
 
   # ---- Batches --------------------------------------------------------------------------
 
-  def _to_global(self, x):
-    if self.kind == "pmap":  # A leading device axis: [local devices, examples per device, ...].
-      x = x.reshape((jax.local_device_count(), -1) + x.shape[1:])
-    return x
-
   def shard(self, local_batch):
     """This process's numpy batch -> global jax.Arrays split over the batch axes."""
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(self.batch_sharding, self._to_global(x)), local_batch)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), local_batch)
 
   def abstract_batch(self, local_batch):
     """The global batch's shapes and shardings, given this process's numpy batch."""
-    def abstract(x):
-      x = self._to_global(x)
-      return jax.ShapeDtypeStruct((x.shape[0] * self.process_count,) + x.shape[1:], x.dtype,
-                                  sharding=self.batch_sharding)
-    return jax.tree.map(abstract, local_batch)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        (x.shape[0] * self.process_count,) + x.shape[1:], x.dtype, sharding=self.batch_sharding), local_batch)
 
   # ---- The train state --------------------------------------------------------------------
 
@@ -150,7 +150,9 @@ class Strategy:
           spec = _fit(rule_spec, leaf.shape, name, i, self.mesh.shape)
           break
       fsdp = self.mesh.shape["fsdp"]
-      if fsdp > 1 and np.issubdtype(leaf.dtype, np.floating) and math.prod(leaf.shape) >= self.fsdp_min_size:
+      ruled_fsdp = "fsdp" in _axes_of(spec)  # The rule placed it itself.
+      if (fsdp > 1 and not ruled_fsdp and np.issubdtype(leaf.dtype, np.floating)
+          and math.prod(leaf.shape) >= self.fsdp_min_size):
         free = [d for d in range(len(spec)) if spec[d] is None and leaf.shape[d] % fsdp == 0]
         if free:
           spec[max(free, key=lambda d: leaf.shape[d])] = "fsdp"
@@ -182,8 +184,7 @@ class Strategy:
     """`step_fn(state, batch) -> (state, metrics)`, compiled ahead of time for these shapes
     (it cannot recompile in the loop; a mismatch fails now), the state donated."""
     if self.kind == "pmap":
-      fn = jax.pmap(step_fn, axis_name=self.axis_name, in_axes=(None, 0), out_axes=(None, None),
-                    donate_argnums=0)
+      fn = jax.jit(self._per_device(step_fn), donate_argnums=0)
     else:
       fn = jax.jit(step_fn, out_shardings=(_shardings(abstract_state), self.replicated), donate_argnums=0)
     return fn.lower(abstract_state, self.abstract_batch(local_batch)).compile()
@@ -192,11 +193,17 @@ class Strategy:
     """`step_fn(state, batch) -> sums over the batch`, compiled; under pmap the per-device
     sums are added up over devices."""
     if self.kind == "pmap":
-      summed = lambda state, batch: jax.lax.psum(step_fn(state, batch), self.axis_name)
-      fn = jax.pmap(summed, axis_name=self.axis_name, in_axes=(None, 0), out_axes=None)
+      fn = jax.jit(self._per_device(lambda state, batch: jax.lax.psum(step_fn(state, batch), self.axis_name)))
     else:
       fn = jax.jit(step_fn, out_shardings=self.replicated)
     return fn.lower(abstract_state, self.abstract_batch(local_batch)).compile()
+
+  def _per_device(self, fn):
+    """pmap's form: `fn` runs on each device with the whole state and its slice of the
+    batch; what it returns must be the same on every device (psum'd), and is kept once."""
+    # check_vma=False: classic pmap semantics, where gradients stay per device until the
+    # step's own psum (with it, JAX would already sum the gradients of replicated params).
+    return jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(self.axis_name)), out_specs=P(), check_vma=False)
 
 
 def _shardings(abstract):
@@ -221,8 +228,9 @@ def _mesh_sizes(config, device_count):
   if free and device_count % fixed == 0:
     sizes[free[0]] = device_count // fixed
   if math.prod(sizes.values()) != device_count:
+    fix = f"make {fixed} divide {device_count}" if free else f"make the sizes multiply to {device_count}, or set one to -1"
     raise UserError(f"parallel.mesh {_show(sizes)} needs {'a multiple of ' if free else ''}{fixed} devices; "
-                    f"there are {device_count}: make the sizes multiply to {device_count}, or set one to -1")
+                    f"there are {device_count}: {fix}")
   return sizes
 
 
@@ -241,12 +249,21 @@ def _parse_rules(rules, sizes):
       re.compile(rule[0])
     except re.error as e:
       raise UserError(f"parallel.rules[{i}] pattern {rule[0]!r} is not a regular expression: {e}") from None
-    for entry in rule[1]:
-      for axis in entry if isinstance(entry, (tuple, list)) else (entry,):
-        if axis is not None and axis not in sizes:
-          raise UserError(f"parallel.rules[{i}] names axis {axis!r}; the mesh axes are {', '.join(AXES)}")
+    axes = _axes_of(rule[1])
+    for axis in axes:
+      if axis not in sizes:
+        raise UserError(f"parallel.rules[{i}] names axis {axis!r}; the mesh axes are {', '.join(AXES)}")
+    if len(set(axes)) < len(axes):
+      raise UserError(f"parallel.rules[{i}] uses a mesh axis twice in {tuple(rule[1])!r}; an axis can split "
+                      f"only one dimension")
     parsed.append((rule[0], tuple(tuple(e) if isinstance(e, list) else e for e in rule[1])))
   return parsed
+
+
+def _axes_of(spec):
+  """The mesh axes a spec names: ('fsdp', None, ('data', 'tensor')) -> ['fsdp', 'data', 'tensor']."""
+  return [axis for entry in spec for axis in (entry if isinstance(entry, (tuple, list)) else (entry,))
+          if axis is not None]
 
 
 def _fit(spec, shape, name, i, mesh_shape):

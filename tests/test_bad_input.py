@@ -124,6 +124,8 @@ CASES = [
      r"'params/Dense_0/bias'\); fix the pattern or drop the rule"),
     ("rule with more axes than dimensions", lambda c: c.parallel.update(rules=(("Dense_0/bias", (None, "tensor")),)),
      r"parallel.rules\[0\] gives 2 axes to params/Dense_0/bias, which has 1 dimensions \(32,\)"),
+    ("rule with an axis twice", lambda c: c.parallel.update(rules=(("Dense_0/kernel", ("tensor", "tensor")),)),
+     r"parallel.rules\[0\] uses a mesh axis twice in \('tensor', 'tensor'\); an axis can split only one dimension"),
     ("rule not a pair", lambda c: c.parallel.update(rules=("Dense_0/kernel",)),
      r"parallel.rules\[0\] must be \(regex, spec\) with spec a tuple like \(None, 'tensor'\), got 'Dense_0/kernel'"),
     ("accumulation the batch cannot split", lambda c: c.parallel.update(accumulate_steps=3),

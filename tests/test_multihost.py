@@ -140,3 +140,13 @@ def test_a_checkpoint_written_by_two_processes_with_fsdp_resumes_in_one(four_dev
   result = finish_one(workdir, devices=4)  # ...and one process, data parallel over 4 devices, took over.
   assert "Resumed from checkpoint at step 150." in result.stderr
   assert_close_runs(workdir, four_devices)
+
+
+def test_pmap_on_two_processes_of_two_devices_trains_as_on_one_process_of_four(tmp_path):
+  """pmap's per-device BatchNorm statistics and dropout masks differ from jit's, so its
+  reference is pmap on one process: the same four devices, the same four slices."""
+  pmap = "--config.parallel.strategy=pmap"
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  finish_one(one, pmap, devices=4)
+  finish_two(two, pmap, devices=2)
+  assert_close_runs(two, one)

@@ -26,6 +26,9 @@ VARIANTS = {
     "jit_data_fsdp_tensor": {"mesh": {"data": 2, "fsdp": 2, "tensor": 2}, "fsdp_min_size": 0, "rules": RULES},
     "pmap": {"strategy": "pmap"},
     "jit_fsdp_accumulate": {"mesh": {"data": 2, "fsdp": -1}, "fsdp_min_size": 0, "accumulate_steps": 2},
+    # A rule that places an array over fsdp itself: FSDP leaves that array alone.
+    "jit_fsdp_own_rule": {"mesh": {"data": 1, "fsdp": -1}, "fsdp_min_size": 0,
+                          "rules": (("Dense_0/kernel", ("fsdp", None)),)},
 }
 
 
@@ -91,6 +94,16 @@ def test_a_rule_that_does_not_divide_a_dimension_is_refused():
                                       r"into 4 parts, which does not divide 10; change the rule or the mesh"):
     parallel._fit((None, "tensor"), (256, 10), "params/head/kernel", 1,  # pylint: disable=protected-access
                   {"data": 2, "fsdp": 1, "tensor": 4})
+
+
+def test_processes_are_joined_only_for_a_multi_process_job(monkeypatch):
+  """One SLURM task (`srun -n1`, several per allocation) or --num_processes=1 is a single
+  process: no coordinator is started (it would clash with a sibling's on the job's port)."""
+  for name in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID"):
+    monkeypatch.setenv(name, {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node1", "SLURM_NTASKS": "1"}.get(name, "0"))
+  assert parallel.join_processes() is None
+  assert parallel.join_processes(num_processes=1) is None
+  assert jax.process_count() == 1
 
 
 # ---- On 8 devices ----------------------------------------------------------------------------
@@ -166,6 +179,13 @@ def test_tensor_rules_and_fsdp_combine(eight):
   assert specs["params/Dense_1/kernel"] == ["fsdp", None]      # No rule: FSDP alone.
   moments = [path for path in specs if path.endswith("/Dense_0/kernel") and path.startswith("opt_state/")]
   assert len(moments) == 2 and all(specs[path] == ["fsdp", "tensor"] for path in moments)
+
+
+@pytest.mark.slow
+def test_a_rule_naming_fsdp_replaces_the_automatic_choice(eight):
+  specs = eight[1]["jit_fsdp_own_rule"]["specs"]
+  assert specs["params/Dense_0/kernel"] == ["fsdp", None]  # Automatic FSDP would pick the 256, not the 64.
+  assert specs["params/Dense_1/kernel"] == ["fsdp", None]
 
 
 @pytest.mark.slow

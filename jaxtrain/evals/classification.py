@@ -37,6 +37,6 @@ class Classification:
       out = self.eval_step(state, self.strategy.shard(batch))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
-    weight = float(sums["weight"])  # The number of examples, unless the batches carry 'weights'.
+    weight = float(sums["weight"]) or float("nan")  # The number of examples, unless batches carry 'weights'.
     return {"accuracy": float(sums["correct"]) / weight, "loss": float(sums["loss_sum"]) / weight,
             "num_examples": int(sums["count"])}
