@@ -160,10 +160,12 @@ def test_tpu_deletes_the_vm_when_the_job_fails_and_exits_with_its_status(tmp_pat
 
 def test_tpu_deletes_the_vm_on_ctrl_c(tmp_path):
   env = tpu_env(tmp_path, FAKE_SSH_SLEEP="30")
-  # A SIGINT ignored by whoever started pytest would be inherited: restore the default.
-  with subprocess.Popen([sys.executable, TPU, *V4_32, "--", *JOB], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE, text=True,
-                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as launcher:
+  # A SIGINT ignored by whoever started pytest (a background job) would be inherited:
+  # restore Python's handler in the child (a preexec_fn would fork a process running JAX).
+  with_sigint = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+  with subprocess.Popen([sys.executable, "-c", with_sigint, TPU, *V4_32, "--", *JOB], cwd=ROOT, env=env,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as launcher:
     deadline = time.time() + 20
     while [call[4] for call in logged(tmp_path / "log")][-1:] != ["ssh"] and time.time() < deadline:
       time.sleep(0.05)
