@@ -386,3 +386,40 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_params():
   # The same model to bfloat16's precision (8 bits of mantissa), not to float32's.
   assert float(metrics["loss"]) == pytest.approx(float(metrics32["loss"]), rel=2e-2)
   assert float(metrics["loss"]) != float(metrics32["loss"])
+
+
+class TokenTagger(nn.Module):
+  """Per-token logits [batch, tokens, classes], as a sequence model's."""
+
+  @nn.compact
+  def __call__(self, x, *, train):
+    return nn.Dense(NUM_CLASSES)(nn.relu(nn.Dense(16)(x))), {}
+
+
+@pytest.mark.parametrize("accumulate_steps", [2, 4])
+def test_accumulation_with_token_weights_divides_once_by_all_the_tokens(accumulate_steps):
+  """Padding tokens weigh 0 and sequences have different lengths: averaging per-microbatch
+  means would be wrong; summing losses and weights and dividing once is exact."""
+  rng = np.random.default_rng(5)
+  batch = {"image": rng.normal(size=(8, 6, 3)).astype(np.float32),
+           "labels": np.eye(NUM_CLASSES, dtype=np.float32)[rng.integers(0, NUM_CLASSES, (8, 6))],
+           "weights": (np.arange(6)[None, :] < rng.integers(1, 7, (8, 1))).astype(np.float32)}  # Lengths 1-6.
+  model = TokenTagger()
+  tx = optax.sgd(0.5)
+  loss_fn = losses.softmax_xent
+  state = step_lib.create_state(model, tx, batch["image"][:1], 0)
+  lr_fn = lambda step: 0.5
+  large, large_metrics = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn))(state, batch)
+  micro, micro_metrics = jax.jit(step_lib.make_train_step(
+      model, tx, loss_fn, lr_fn, accumulate_steps=accumulate_steps))(copy(state), batch)
+  logits, _ = model.apply({"params": state.params}, batch["image"], train=True)
+  per_token = np.asarray(loss_fn(logits, batch["labels"]))
+  expected = np.sum(per_token * batch["weights"]) / batch["weights"].sum()
+  np.testing.assert_allclose(float(large_metrics["loss"]), expected, rtol=1e-6)
+  np.testing.assert_allclose(float(micro_metrics["loss"]), expected, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(large.params), jax.tree.leaves(micro.params), strict=True):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+  # The mean of the microbatches' own means is not the same number:
+  means = [np.sum((per_token * batch["weights"])[i::accumulate_steps]) / batch["weights"][i::accumulate_steps].sum()
+           for i in range(accumulate_steps)]
+  assert abs(np.mean(means) - expected) > 1e-4
