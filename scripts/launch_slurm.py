@@ -31,16 +31,18 @@ import subprocess
 import sys
 import textwrap
 
+from launch_args import fail, on_path, shared_workdir, split_at_dashes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv):
-  own, job_args = _split_at_dashes(argv)
+  own, job_args = split_at_dashes(argv)
   args = _parser().parse_args(own)
-  workdir = _check_job_args(job_args)
+  workdir = shared_workdir(job_args, "on a filesystem every node shares")
   # Checked before anything is written, so a failed submission leaves no trace.
-  if not args.dry_run and not _on_path("sbatch"):
-    _fail("sbatch is not on PATH (run this on the cluster's login node, or use --dry-run)")
+  if not args.dry_run and not on_path("sbatch"):
+    fail("sbatch is not on PATH (run this on the cluster's login node, or use --dry-run)")
 
   script = batch_script(args, job_args, workdir)
   path = os.path.join(workdir, "slurm_job.sh")
@@ -114,45 +116,6 @@ def _positive(text):
   if not text.isdigit() or int(text) < 1:
     raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
   return int(text)
-
-
-def _split_at_dashes(argv):
-  """(the launcher's own arguments, the arguments after the first `--`)."""
-  if "--" not in argv:
-    return argv, []
-  i = argv.index("--")
-  return argv[:i], argv[i + 1:]
-
-
-def _flag_value(args, name):
-  """The value of --name=V or --name V in args (the last one wins, as in absl), or None."""
-  value = None
-  for i, arg in enumerate(args):
-    if arg.startswith(f"--{name}="):
-      value = arg.split("=", 1)[1]
-    elif arg == f"--{name}" and i + 1 < len(args):
-      value = args[i + 1]
-  return value
-
-
-def _check_job_args(job_args):
-  """The work directory, once the run's flags are known to name a config and an absolute work directory."""
-  workdir = _flag_value(job_args, "workdir")
-  if not _flag_value(job_args, "config") or not workdir:
-    _fail("after --, pass the run's flags, at least --config=experiments/NAME.py and --workdir=/SHARED/DIR")
-  if not workdir.startswith("/"):
-    # The job runs in the repository, not here: a relative path would mean two places.
-    _fail(f"--workdir={workdir}: give an absolute path on a filesystem every node shares")
-  return workdir.rstrip("/") or "/"
-
-
-def _on_path(tool):
-  return any(os.access(os.path.join(d, tool), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep) if d)
-
-
-def _fail(message):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
 
 
 if __name__ == "__main__":

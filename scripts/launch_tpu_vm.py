@@ -42,21 +42,23 @@ import shlex
 import subprocess
 import sys
 
+from launch_args import fail, on_path, shared_workdir, split_at_dashes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU_VM = ["gcloud", "compute", "tpus", "tpu-vm"]
 
 
 def main(argv):
-  own, job_args = _split_at_dashes(argv)
+  own, job_args = split_at_dashes(argv)
   parser = _parser()
   args = parser.parse_args(own)
   if not args.reuse and not args.accelerator_type:
     parser.error("--accelerator_type is required (unless --reuse)")
-  _check_job_args(job_args)
+  shared_workdir(job_args, "that every worker shares (an NFS/Filestore mount, or a gcsfuse mount of a bucket)")
   if not args.dry_run:
     for tool in ("gcloud", "git"):
-      if not _on_path(tool):
-        _fail(f"{tool} is not on PATH (install the Google Cloud CLI and git, or use --dry-run)")
+      if not on_path(tool):
+        fail(f"{tool} is not on PATH (install the Google Cloud CLI and git, or use --dry-run)")
     _warn_if_uncommitted()
 
   where = [f"--zone={args.zone}"] + ([f"--project={args.project}"] if args.project else [])
@@ -68,7 +70,7 @@ def main(argv):
       if result.returncode:
         return result.returncode  # gcloud said why (no such TPU VM, say).
       if result.stdout.strip() != "READY":
-        _fail(f"TPU VM {args.name} is {result.stdout.strip() or 'in an unknown state'}, not READY")
+        fail(f"TPU VM {args.name} is {result.stdout.strip() or 'in an unknown state'}, not READY")
   else:
     # --project after --zone, as in every command here; --spot last.
     create = TPU_VM + ["create", args.name, where[0], f"--accelerator-type={args.accelerator_type}",
@@ -123,39 +125,6 @@ def _parser():
   return parser
 
 
-def _split_at_dashes(argv):
-  """(the launcher's own arguments, the arguments after the first `--`)."""
-  if "--" not in argv:
-    return argv, []
-  i = argv.index("--")
-  return argv[:i], argv[i + 1:]
-
-
-def _flag_value(args, name):
-  """The value of --name=V or --name V in args (the last one wins, as in absl), or None."""
-  value = None
-  for i, arg in enumerate(args):
-    if arg.startswith(f"--{name}="):
-      value = arg.split("=", 1)[1]
-    elif arg == f"--{name}" and i + 1 < len(args):
-      value = args[i + 1]
-  return value
-
-
-def _check_job_args(job_args):
-  workdir = _flag_value(job_args, "workdir")
-  if not _flag_value(job_args, "config") or not workdir:
-    _fail("after --, pass the run's flags, at least --config=experiments/NAME.py and --workdir=/SHARED/DIR")
-  if not workdir.startswith("/"):
-    # A relative path would land on each worker's own disk, deleted with the TPU VM.
-    _fail(f"--workdir={workdir}: give an absolute path that every worker shares "
-          "(an NFS/Filestore mount, or a gcsfuse mount of a bucket)")
-
-
-def _on_path(tool):
-  return any(os.access(os.path.join(d, tool), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep) if d)
-
-
 def _warn_if_uncommitted():
   """git archive ships HEAD only: say so when the working tree differs from it."""
   changes = subprocess.run(["git", "-C", ROOT, "status", "--porcelain"], capture_output=True, text=True,
@@ -173,11 +142,6 @@ def _step(command, dry_run):
   """Prints `+ command`, then runs it (unless dry_run): its exit status."""
   _show(command)
   return 0 if dry_run else subprocess.run(command, check=False).returncode
-
-
-def _fail(message):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -162,8 +162,9 @@ def test_tpu_deletes_the_vm_on_ctrl_c(tmp_path):
   env = tpu_env(tmp_path, FAKE_SSH_SLEEP="30")
   # A SIGINT ignored by whoever started pytest (a background job) would be inherited:
   # restore Python's handler in the child (a preexec_fn would fork a process running JAX).
-  with_sigint = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                 "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+  with_sigint = ("import os, runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "sys.argv = sys.argv[1:]; sys.path.insert(0, os.path.dirname(sys.argv[0])); "
+                 "runpy.run_path(sys.argv[0], run_name='__main__')")
   with subprocess.Popen([sys.executable, "-c", with_sigint, TPU, *V4_32, "--", *JOB], cwd=ROOT, env=env,
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as launcher:
     deadline = time.time() + 20
