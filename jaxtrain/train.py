@@ -147,10 +147,10 @@ def run(config, workdir):
     _write_config(workdir, config, first_step)
     writer = metrics_lib.Writer(workdir, start_step=first_step)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    logging.info("%s: %s parameters, %d steps (%d per epoch), global batch %d; %s, %d processes; "
+    processes = f"{jax.process_count()} process" + ("es" if jax.process_count() > 1 else "")
+    logging.info("%s: %s parameters, %d steps (%d per epoch), global batch %d; %s, %s; "
                  "train state %.1f MiB per device.", exp.model_name, f"{num_params:,}", total_steps, steps_per_epoch,
-                 exp.batch_size, strategy.describe(), jax.process_count(),
-                 strategy.bytes_per_device(exp.abstract_state) / 2**20)
+                 exp.batch_size, strategy.describe(), processes, strategy.bytes_per_device(exp.abstract_state) / 2**20)
 
     # ---- Loop -------------------------------------------------------------------------
     progress = metrics_lib.Progress(first_step, total_steps, exp.batch_size, train_seconds)
