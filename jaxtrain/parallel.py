@@ -8,9 +8,10 @@
 'jit' lays every device of every process out as a Mesh with axes data x fsdp x tensor.
 The batch is split over data and fsdp; each array of the train state gets the spec of the
 first rule whose pattern `re.search`es its path ('params/Dense_0/kernel',
-'opt_state/0/mu/Dense_0/kernel': an optimizer's moments follow their parameter), and then,
-if the fsdp axis is used and the array is a float with at least `fsdp_min_size` elements,
-its largest dimension that fsdp divides (and no rule took) is split over fsdp.
+'opt_state/1/mu/Dense_0/kernel': an optimizer's moments follow their parameter), and then,
+if the fsdp axis is used, no rule placed the array over fsdp itself, and the array is a
+float with at least `fsdp_min_size` elements, its largest dimension that fsdp divides
+(and no rule took) is split over fsdp.
 Everything else is replicated. The state is created already split (jit of the init with
 output shardings): no device ever holds a whole model it does not need to.
 

@@ -92,7 +92,7 @@ def make_train_step(model, tx, loss_fn, lr_fn, *, skip_nonfinite=False, accumula
 
     scalar = jnp.zeros((), jnp.float32)
     zeros = (scalar, {"correct": scalar, "weight": scalar}, jax.tree.map(jnp.zeros_like, params))
-    # XLA:CPU runs convolutions inside a loop ~10x slower (134 vs 11 ms for the digits CNN):
+    # XLA:CPU runs convolutions inside a loop ~10x slower (134 vs 10-11 ms, digits CNN):
     # unroll there. Elsewhere keep the loop, so only one microbatch's activations are live.
     unroll = k if jax.default_backend() == "cpu" else 1
     ((loss_sum, aux, grads), model_state), _ = jax.lax.scan(

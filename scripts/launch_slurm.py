@@ -81,6 +81,10 @@ def batch_script(args, job_args, workdir):
     options.append(f"--partition={args.partition}")
   if args.time:
     options.append(f"--time={args.time}")
+  if args.stop_before_limit:
+    # SIGTERM to every process before the time limit's SIGKILL: jaxtrain saves and exits 143;
+    # submitting the same script again resumes.
+    options.append(f"--signal=TERM@{args.stop_before_limit}")
   lines = ["#!/bin/bash", *(f"#SBATCH {option}" for option in options)]
   lines.append(textwrap.dedent("""\
       #
@@ -106,6 +110,9 @@ def _parser():
   parser.add_argument("--partition", help="SLURM partition (default: the cluster's)")
   parser.add_argument("--time", help="time limit, e.g. 04:00:00 (default: the partition's)")
   parser.add_argument("--job_name", default="jaxtrain", help="job name (default %(default)s)")
+  parser.add_argument("--stop_before_limit", type=int, default=300,
+                      help="seconds before the time limit at which the processes get SIGTERM, so jaxtrain saves "
+                      "and stops cleanly (default %(default)s; 0: no signal)")
   parser.add_argument("--venv", help="virtual environment to activate in the job (on a shared filesystem)")
   parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                       help="print the batch script and the sbatch command; write and submit nothing")

@@ -18,9 +18,9 @@ Steps, each printed (`+ command`) before it runs:
      it exists (`... describe`);
   2. pack the repository's committed files (`git archive HEAD`: commit your changes
      first) and copy the tarball to every worker (`... scp --worker=all`);
-  3. on every worker at once (`... ssh --worker=all`): unpack into ~/jaxtrain,
-     `python3 -m pip install -e . jax[tpu]`, and `python3 -m jaxtrain.launch` with the
-     arguments after `--`. gcloud streams every worker's output to this terminal: that is
+  3. on every worker at once (`... ssh --worker=all`): unpack into ~/jaxtrain, install
+     it with `jax[tpu]` into a Python 3.11 venv (~/jaxtrain-venv, made with uv; or into
+     --python), and run `python -m jaxtrain.launch` with the arguments after `--`. gcloud streams every worker's output to this terminal: that is
      the job's log.
   4. delete the TPU VM, also when the job fails or on Ctrl-C (not with --keep or --reuse).
 The exit status is the job's.
@@ -31,8 +31,8 @@ Every worker runs the same command; jaxtrain sees it is on a Cloud TPU VM and ca
 absolute path that every worker shares (an NFS or Filestore mount, or a gcsfuse mount of
 a bucket) and that outlives the TPU VM: checkpoints are written by every worker.
 
-jaxtrain needs Python 3.11 or newer, and the Ubuntu 22.04 TPU images' python3 is older:
-install one on the workers (a TPU VM you then --reuse, say) and name it with --python.
+jaxtrain needs Python 3.11 or newer, and the Ubuntu 22.04 TPU images' python3 is 3.10:
+so by default the workers get a 3.11 venv from uv (`--python=PATH` uses one you installed).
 """
 
 import argparse
@@ -95,10 +95,19 @@ def main(argv):
 
 
 def _remote_command(python, job_args):
-  """What every worker runs: unpack the code, install it, start the run."""
+  """What every worker runs: unpack the code, install it, start the run.
+
+  With python 'auto', a Python 3.11 virtual environment made by uv (TPU images' own
+  python3 is older than jaxtrain needs; uv fetches a 3.11), reused by later runs."""
+  unpack = "set -e; mkdir -p ~/jaxtrain && tar -xzf ~/jaxtrain.tar.gz -C ~/jaxtrain && cd ~/jaxtrain"
+  if python == "auto":
+    venv = "~/jaxtrain-venv"
+    return (f"{unpack} && python3 -m pip install -q --user uv"
+            f" && {{ [ -x {venv}/bin/python ] || python3 -m uv venv -q --python 3.11 {venv}; }}"
+            f" && python3 -m uv pip install -q --python {venv}/bin/python -e . 'jax[tpu]'"
+            f" && {venv}/bin/python -m jaxtrain.launch {shlex.join(job_args)}")
   python = shlex.quote(python)
-  return ("set -e; mkdir -p ~/jaxtrain && tar -xzf ~/jaxtrain.tar.gz -C ~/jaxtrain && cd ~/jaxtrain"
-          f" && {python} -m pip install -q -e . 'jax[tpu]'"
+  return (f"{unpack} && {python} -m pip install -q -e . 'jax[tpu]'"
           f" && {python} -m jaxtrain.launch {shlex.join(job_args)}")
 
 
@@ -118,8 +127,9 @@ def _parser():
   parser.add_argument("--reuse", action="store_true",
                       help="use an existing TPU VM instead of creating one; it is not deleted")
   parser.add_argument("--keep", action="store_true", help="do not delete the TPU VM when the job ends")
-  parser.add_argument("--python", default="python3",
-                      help="Python on the workers (default %(default)s); jaxtrain needs 3.11 or newer")
+  parser.add_argument("--python", default="auto",
+                      help="Python on the workers, 3.11 or newer; 'auto' (default): a Python 3.11 venv made "
+                      "with uv in ~/jaxtrain-venv")
   parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                       help="print the commands, run nothing")
   return parser

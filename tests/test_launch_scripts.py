@@ -83,15 +83,31 @@ def test_tpu_creates_copies_runs_and_deletes_in_that_order():
   assert delete == TPU_VM + ["delete", "d1", *WHERE, "--quiet"]
 
 
-def test_tpu_workers_install_then_run_the_users_arguments_unchanged():
+UNPACK = ["set", "-e;", "mkdir", "-p", "~/jaxtrain", "&&", "tar", "-xzf", "~/jaxtrain.tar.gz", "-C", "~/jaxtrain",
+          "&&", "cd", "~/jaxtrain"]
+
+
+def test_tpu_workers_get_a_python_311_venv_install_then_run_the_users_arguments_unchanged():
   result = run(TPU, *V4_32, "--dry-run", "--", *JOB)
   command = remote_command(commands(result.stdout)[3])
+  venv = "~/jaxtrain-venv"
   assert shlex.split(command) == [
-      "set", "-e;", "mkdir", "-p", "~/jaxtrain", "&&", "tar", "-xzf", "~/jaxtrain.tar.gz", "-C", "~/jaxtrain",
-      "&&", "cd", "~/jaxtrain", "&&", "python3", "-m", "pip", "install", "-q", "-e", ".", "jax[tpu]",
-      "&&", "python3", "-m", "jaxtrain.launch", *JOB]
+      *UNPACK, "&&", "python3", "-m", "pip", "install", "-q", "--user", "uv",
+      "&&", "{", "[", "-x", f"{venv}/bin/python", "]", "||", "python3", "-m", "uv", "venv", "-q", "--python", "3.11",
+      f"{venv};", "}",
+      "&&", "python3", "-m", "uv", "pip", "install", "-q", "--python", f"{venv}/bin/python", "-e", ".", "jax[tpu]",
+      "&&", f"{venv}/bin/python", "-m", "jaxtrain.launch", *JOB]
   assert "--coordinator_address" not in command  # jax.distributed.initialize() finds the workers itself.
   # And the workers' shell can parse it.
+  assert subprocess.run(["bash", "-n", "-c", command], check=False).returncode == 0
+
+
+def test_tpu_workers_use_a_given_python_as_it_is():
+  result = run(TPU, *V4_32, "--python=/opt/py311/bin/python3", "--dry-run", "--", *JOB)
+  command = remote_command(commands(result.stdout)[3])
+  assert shlex.split(command) == [
+      *UNPACK, "&&", "/opt/py311/bin/python3", "-m", "pip", "install", "-q", "-e", ".", "jax[tpu]",
+      "&&", "/opt/py311/bin/python3", "-m", "jaxtrain.launch", *JOB]
   assert subprocess.run(["bash", "-n", "-c", command], check=False).returncode == 0
 
 
@@ -212,7 +228,8 @@ def test_slurm_one_process_per_gpu_by_default(tmp_path):
   workdir = tmp_path / "run"
   script, submit = slurm_dry_run("--nodes=2", "--gpus_per_node=8", job=[JOB[0], f"--workdir={workdir}"])
   assert directives(script) == ["--job-name=jaxtrain", "--nodes=2", "--ntasks=16", "--ntasks-per-node=8",
-                                "--gpus-per-task=1", f"--output={workdir}/slurm-%j.out"]
+                                "--gpus-per-task=1", f"--output={workdir}/slurm-%j.out",
+                                "--signal=TERM@300"]
   assert "\nexport JAX_LOCAL_DEVICE_IDS=0\n" in script  # Its one visible GPU.
   assert submit == ["sbatch", f"{workdir}/slurm_job.sh"]
   assert not workdir.exists()  # A dry run writes nothing.
@@ -221,13 +238,20 @@ def test_slurm_one_process_per_gpu_by_default(tmp_path):
 def test_slurm_one_process_per_node():
   script, _ = slurm_dry_run("--nodes=3", "--gpus_per_node=4", "--per=node", "--job_name=big")
   assert directives(script) == ["--job-name=big", "--nodes=3", "--ntasks-per-node=1", "--gpus-per-node=4",
-                                "--output=/mnt/shared/runs/d1/slurm-%j.out"]
+                                "--output=/mnt/shared/runs/d1/slurm-%j.out", "--signal=TERM@300"]
   assert "\nexport JAX_LOCAL_DEVICE_IDS=0,1,2,3\n" in script  # All the node's GPUs.
 
 
 def test_slurm_partition_and_time():
   script, _ = slurm_dry_run("--nodes=1", "--gpus_per_node=8", "--partition=a100", "--time=04:00:00")
-  assert directives(script)[-2:] == ["--partition=a100", "--time=04:00:00"]
+  assert directives(script)[-3:] == ["--partition=a100", "--time=04:00:00", "--signal=TERM@300"]
+
+
+def test_slurm_sigterm_before_the_time_limit_can_be_moved_or_dropped():
+  script, _ = slurm_dry_run("--nodes=1", "--gpus_per_node=8", "--stop_before_limit=900")
+  assert directives(script)[-1] == "--signal=TERM@900"
+  script, _ = slurm_dry_run("--nodes=1", "--gpus_per_node=8", "--stop_before_limit=0")
+  assert not any(d.startswith("--signal") for d in directives(script))
 
 
 def test_slurm_script_runs_srun_from_the_repository():
