@@ -2,7 +2,9 @@
 checkpoint of a work directory (the newest, or `--step=N`) and appends the results to its
 metrics.jsonl and TensorBoard, at that checkpoint's step.
 
-It changes no checkpoint and takes no lock, so it can follow a live training run.
+It changes no checkpoint and takes no lock, so it can follow a live training run. It
+builds only what evaluation uses: the data (for the model's input shapes), the model and
+the evaluators; no optimizer and no train step, and it restores only the model's variables.
 """
 
 import os
@@ -10,6 +12,7 @@ import os
 from absl import logging
 
 from jaxtrain import checkpoint
+from jaxtrain import config as config_lib
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import train
 from jaxtrain.errors import UserError
@@ -17,7 +20,15 @@ from jaxtrain.errors import UserError
 
 def run(config, workdir, step=None):
   """Returns {'<evaluator>/<metric>': value} for checkpoint `step` (default: the newest)."""
-  exp = train.build(config)
+  cfg = config_lib.Reader(config)
+  strategy, _ = train.build_strategy(cfg)
+  seed = cfg.get("seed", 0, minimum=0)
+  data = train.build_data(cfg, strategy, seed)
+  model = train.build_model(cfg, data)
+  abstract = train.abstract_variables(strategy, model, seed)
+  evaluators = train.build_evaluators(cfg, strategy, model, data, abstract)
+  _mark_training_keys_read(cfg)
+  config_lib.check_all_read(cfg)
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise UserError(f"--workdir={workdir} has no checkpoints to evaluate")
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
@@ -26,13 +37,13 @@ def run(config, workdir, step=None):
   if step not in saved:
     raise UserError(f"--workdir={workdir} has no checkpoint at step {step}; it has "
                     f"{', '.join(map(str, saved)) or 'none'}")
-  state, _ = ckpt.restore(step, exp.abstract_state)
+  variables = ckpt.restore_variables(step, abstract)
   ckpt.close()
   writer = metrics_lib.Writer(workdir, start_step=None)
   results = {}
   try:
-    for scheduled in exp.evaluators:
-      result = scheduled.evaluator.run(state)
+    for scheduled in evaluators:
+      result = scheduled.evaluator.run(variables)
       writer.write(step, {f"{scheduled.name}/{k}": v for k, v in result.items()})
       metrics_lib.log(metrics_lib.eval_line(scheduled.name, result))
       results.update({f"{scheduled.name}/{k}": v for k, v in result.items()})
@@ -40,3 +51,14 @@ def run(config, workdir, step=None):
     writer.close()
   logging.info("Evaluated checkpoint %d of %s.", step, workdir)
   return results
+
+
+def _mark_training_keys_read(cfg):
+  """Training's own sections are not checked here (the run that trained checked them);
+  the keys evaluation reads still are, typos included."""
+  for key in cfg.keys():
+    if key in ("optimizer", "schedule", "checkpoint", "skip_nonfinite", "peak_tflops_per_device") or \
+        key.startswith(("total_", "log_every_")):
+      cfg.get(key)
+      if key in ("optimizer", "schedule", "checkpoint"):
+        cfg.section(key).to_dict()

@@ -69,8 +69,13 @@ class Progress:
   """Throughput and ETA of the training steps, not counting evaluation or checkpointing,
   and the training seconds so far (`train_seconds`: carried over a resume)."""
 
-  def __init__(self, first_step, total_steps, batch_size, train_seconds=0.0):
+  def __init__(self, first_step, total_steps, batch_size, train_seconds=0.0, *, tokens_per_example=None,
+               flops_per_example=None, peak_flops=None):
+    """With `tokens_per_example` it also reports tokens/s; with `flops_per_example` (the
+    model's training FLOPs) and `peak_flops` (FLOP/s of all devices) the model-FLOPs
+    utilisation, MFU = achieved / peak FLOP/s."""
     self.total_steps, self.batch_size = total_steps, batch_size
+    self.tokens_per_example, self.flops_per_example, self.peak_flops = tokens_per_example, flops_per_example, peak_flops
     self._last_step, self._last_time = first_step, time.perf_counter()
     self._paused = 0.0
     self.train_seconds = train_seconds
@@ -92,18 +97,28 @@ class Progress:
     self.train_seconds += seconds
     self._last_step, self._last_time, self._paused = step, now, 0.0
     eta = (self.total_steps - step) / steps_per_sec if steps_per_sec > 0 else float("inf")
-    return {"steps_per_sec": steps_per_sec, "examples_per_sec": steps_per_sec * self.batch_size,
-            "eta_seconds": eta, "train_seconds": self.train_seconds}
+    examples_per_sec = steps_per_sec * self.batch_size
+    rates = {"steps_per_sec": steps_per_sec, "examples_per_sec": examples_per_sec,
+             "eta_seconds": eta, "train_seconds": self.train_seconds}
+    if self.tokens_per_example:
+      rates["tokens_per_sec"] = examples_per_sec * self.tokens_per_example
+    if self.flops_per_example and self.peak_flops:
+      rates["mfu"] = examples_per_sec * self.flops_per_example / self.peak_flops
+    return rates
 
 
 def progress_line(step, total_steps, train_metrics, rates):
   """One line per log interval that reads well in a plain log file."""
   eta = rates["eta_seconds"]
   eta_text = str(datetime.timedelta(seconds=round(eta))) if np.isfinite(eta) else "?"
-  return (f"step {step}/{total_steps} ({100 * step / total_steps:.1f}%) | "
-          f"loss {train_metrics['loss']:.4f} | lr {train_metrics['lr']:.3g} | "
-          f"{rates['steps_per_sec']:.1f} steps/s | {_si(rates['examples_per_sec'])} examples/s | "
-          f"ETA {eta_text}")
+  loss = f"loss {train_metrics['loss']:.4f}" if "loss" in train_metrics else "every step skipped"
+  throughput = f"{_si(rates['examples_per_sec'])} examples/s"
+  if "tokens_per_sec" in rates:
+    throughput += f" | {_si(rates['tokens_per_sec'])} tokens/s"
+  if "mfu" in rates:
+    throughput += f" | MFU {100 * rates['mfu']:.1f}%"
+  return (f"step {step}/{total_steps} ({100 * step / total_steps:.1f}%) | {loss} | lr {train_metrics['lr']:.3g} | "
+          f"{rates['steps_per_sec']:.1f} steps/s | {throughput} | ETA {eta_text}")
 
 
 def eval_line(name, metrics):

@@ -25,12 +25,12 @@ Each process feeds only its own slice of the global batch.
 """
 
 import math
-import re
 
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from jaxtrain import paths
 from jaxtrain.errors import UserError, did_you_mean
 
 
@@ -140,16 +140,11 @@ class Strategy:
     """A PartitionSpec for each array of `shapes`, by the rules and FSDP (see the module doc)."""
     if self.kind == "pmap":
       return jax.tree.map(lambda _: P(), shapes)
-    matched = set()
+    rule_of = paths.match(shapes, [pattern for pattern, _ in self.rules], "parallel.rules", " of the train state")
 
-    def spec_of(path, leaf):
-      name = jax.tree_util.keystr(path, simple=True, separator="/")
-      spec = [None] * len(leaf.shape)
-      for i, (pattern, rule_spec) in enumerate(self.rules):
-        if re.search(pattern, name):
-          matched.add(i)
-          spec = _fit(rule_spec, leaf.shape, name, i, self.mesh.shape)
-          break
+    def spec_of(path, leaf, i):
+      name = paths.name_of(path)
+      spec = [None] * len(leaf.shape) if i < 0 else _fit(self.rules[i][1], leaf.shape, name, i, self.mesh.shape)
       fsdp = self.mesh.shape["fsdp"]
       ruled_fsdp = "fsdp" in _axes_of(spec)  # The rule placed it itself.
       if (fsdp > 1 and not ruled_fsdp and np.issubdtype(leaf.dtype, np.floating)
@@ -159,15 +154,7 @@ class Strategy:
           spec[max(free, key=lambda d: leaf.shape[d])] = "fsdp"
       return P(*spec)
 
-    specs = jax.tree_util.tree_map_with_path(spec_of, shapes)
-    unused = [i for i in range(len(self.rules)) if i not in matched]
-    if unused:
-      i = unused[0]
-      names = [jax.tree_util.keystr(path, simple=True, separator="/")
-               for path, _ in jax.tree_util.tree_leaves_with_path(shapes)]
-      example = next((name for name in names if name.startswith("params/")), names[0])
-      raise UserError(f"parallel.rules[{i}] pattern {self.rules[i][0]!r} matches no array of the train state "
-                      f"(paths look like {example!r}); fix the pattern or drop the rule")
+    specs = jax.tree_util.tree_map_with_path(spec_of, shapes, rule_of)
     return specs
 
   def init(self, create_fn, abstract_state):
@@ -190,14 +177,13 @@ class Strategy:
       fn = jax.jit(step_fn, out_shardings=(_shardings(abstract_state), self.replicated), donate_argnums=0)
     return fn.lower(abstract_state, self.abstract_batch(local_batch)).compile()
 
-  def compile_eval_step(self, step_fn, abstract_state, local_batch):
-    """`step_fn(state, batch) -> sums over the batch`, compiled; under pmap the per-device
-    sums are added up over devices."""
-    if self.kind == "pmap":
-      fn = jax.jit(self._per_device(lambda state, batch: jax.lax.psum(step_fn(state, batch), self.axis_name)))
-    else:
-      fn = jax.jit(step_fn, out_shardings=self.replicated)
-    return fn.lower(abstract_state, self.abstract_batch(local_batch)).compile()
+  def compile_eval(self, fn, abstract_variables, local_batch):
+    """`fn(variables, batch) -> outputs` (sums, or per-example arrays), compiled ahead of
+    time. Evaluation never needs pmap's explicit collectives: with either strategy it is a
+    jit on the same devices whose outputs come back replicated, whole on every process
+    (sums added over the devices; per-example arrays gathered)."""
+    fn = jax.jit(fn, out_shardings=self.replicated)
+    return fn.lower(abstract_variables, self.abstract_batch(local_batch)).compile()
 
   def _per_device(self, fn):
     """pmap's form: `fn` runs on each device with the whole state and its slice of the
@@ -246,10 +232,6 @@ def _parse_rules(rules, sizes):
     if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
             and isinstance(rule[1], (tuple, list))):
       raise UserError(f"parallel.rules[{i}] must be (regex, spec) with spec a tuple like (None, 'tensor'), got {rule!r}")
-    try:
-      re.compile(rule[0])
-    except re.error as e:
-      raise UserError(f"parallel.rules[{i}] pattern {rule[0]!r} is not a regular expression: {e}") from None
     axes = _axes_of(rule[1])
     for axis in axes:
       if axis not in sizes:
@@ -258,6 +240,7 @@ def _parse_rules(rules, sizes):
       raise UserError(f"parallel.rules[{i}] uses a mesh axis twice in {tuple(rule[1])!r}; an axis can split "
                       f"only one dimension")
     parsed.append((rule[0], tuple(tuple(e) if isinstance(e, list) else e for e in rule[1])))
+  paths.compile_patterns([pattern for pattern, _ in parsed], "parallel.rules")
   return parsed
 
 

@@ -1,7 +1,8 @@
-"""The train state and the pure train/eval steps (jit-compiled by the Strategy).
+"""The train state and the pure train and evaluation steps (compiled by the Strategy).
 
-Batches hold the model input under 'image' and one-hot (or multi-hot) targets under
-'labels'; evaluation batches also carry the '_mask' of real (1) and padding (0) examples.
+What the model reads from a batch, what its loss compares and which metrics follow is the
+task's (jaxtrain/tasks.py); the steps only add up its weighted sums. Evaluation batches
+also carry the '_mask' of real (1) and padding (0) examples.
 """
 
 from typing import Any
@@ -10,16 +11,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-
-from jaxtrain.errors import UserError
-
-
-def check_batch(batch, where):
-  """The steps read 'image' and 'labels': say so at start-up if `where` (a pp) drops them."""
-  missing = [key for key in ("image", "labels") if key not in batch]
-  if missing:
-    raise UserError(f"{where} must leave 'image' (the model input) and 'labels' (one-hot targets) in the "
-                    f"batch; it has {', '.join(sorted(k for k in batch if not k.startswith('_')))}")
 
 
 @flax.struct.dataclass
@@ -31,17 +22,43 @@ class TrainState:
   model_state: Any       # Mutable collections such as 'batch_stats' ({} if none).
 
 
-def create_state(model, tx, example_input, seed):
+def init_variables(model, example_inputs, seed):
+  """The model's variables {'params': ..., 'batch_stats': ...} for `example_inputs`, an
+  (args, kwargs) pair as a task's `model_inputs` gives; pure (jit it into shardings)."""
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(seed))
+  args, kwargs = example_inputs
+  return dict(model.init({"params": init_rng, "dropout": init_rng}, *args, **kwargs, train=False))
+
+
+def create_state(model, tx, example_inputs, seed):
   """A fresh TrainState; pure, so the Strategy can jit it straight into its shardings."""
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))  # Raw uint32 keys checkpoint as plain arrays.
-  variables = model.init({"params": init_rng, "dropout": init_rng}, example_input, train=False)
+  _, train_rng = jax.random.split(jax.random.PRNGKey(seed))  # Raw uint32 keys checkpoint as plain arrays.
+  variables = init_variables(model, example_inputs, seed)
   params = variables.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=train_rng, model_state=dict(variables))
+                    rng=train_rng, model_state=variables)
 
 
-def _accuracy(logits, labels):
-  return (jnp.argmax(logits, -1) == jnp.argmax(labels, -1)).astype(jnp.float32)
+def variables_of(state):
+  """What evaluation needs of a TrainState: the model's variables, not the optimizer."""
+  return {"params": state.params, **state.model_state}
+
+
+def apply(model, task, variables, batch, **kwargs):
+  """The model on the task's inputs of `batch`: (logits, out)."""
+  args, inputs = task.model_inputs(batch)
+  return model.apply(variables, *args, **inputs, **kwargs)
+
+
+def weighted_sums(task, logits, batch, mask=None):
+  """The task's units times the batch's weights (and `mask`), summed; and 'weight', their sum."""
+  units = task.units(logits.astype(jnp.float32), batch)  # Mixed precision: losses in float32.
+  weights = _weights(batch, units["loss"])
+  if mask is not None:
+    weights = weights * mask.reshape(mask.shape + (1,) * (weights.ndim - 1))
+  sums = {name: (value * weights).sum() for name, value in units.items()}
+  sums["weight"] = weights.sum()
+  return sums
 
 
 def _weights(batch, loss):
@@ -51,7 +68,7 @@ def _weights(batch, loss):
   return jnp.broadcast_to(weights, loss.shape)
 
 
-def make_train_step(model, tx, loss_fn, lr_fn, *, skip_nonfinite=False, accumulate_steps=1, axis_name=None):
+def make_train_step(model, task, tx, lr_fn, *, skip_nonfinite=False, accumulate_steps=1, axis_name=None):
   """(state, batch) -> (state, metrics): one optimizer step on the batch's weighted mean loss.
 
   The loss is sum(loss * weights) / sum(weights) over the whole global batch, however it
@@ -62,19 +79,17 @@ def make_train_step(model, tx, loss_fn, lr_fn, *, skip_nonfinite=False, accumula
   device, normalises with its own statistics, and the running averages move once per
   microbatch.) Under pmap each device draws its own dropout masks.
 
-  With `skip_nonfinite`, a step whose loss or gradients are not finite changes nothing
-  but the step counter (so the data and RNG move on), and reports `skipped` = 1."""
+  With `skip_nonfinite`, a step whose loss, gradients or new parameters are not finite
+  changes nothing but the step counter (so the data and RNG move on) and the optimizer's
+  step counts (so its schedule stays that of `state.step`, the one logged), and reports
+  `skipped` = 1."""
 
   def sums(params, model_state, batch, rng):
-    """Weighted sums of the loss (differentiated), of correct predictions and of weights."""
-    (logits, _), model_state = model.apply(
-        {"params": params, **model_state}, batch["image"], train=True,
-        rngs={"dropout": rng}, mutable=list(model_state))
-    logits = logits.astype(jnp.float32)  # Mixed precision: the loss in float32 whatever the model computes in.
-    loss = loss_fn(logits, batch["labels"])
-    weights = _weights(batch, loss)
-    aux = {"correct": (_accuracy(logits, batch["labels"]) * weights).sum(), "weight": weights.sum()}
-    return (loss * weights).sum(), (aux, model_state)
+    """The task's weighted sums; the loss's is differentiated."""
+    (logits, _), model_state = apply(model, task, {"params": params, **model_state}, batch, train=True,
+                                     rngs={"dropout": rng}, mutable=list(model_state))
+    totals = weighted_sums(task, logits, batch)
+    return totals["loss"], (totals, model_state)
 
   grad_of_sums = jax.value_and_grad(sums, has_aux=True)
 
@@ -90,8 +105,10 @@ def make_train_step(model, tx, loss_fn, lr_fn, *, skip_nonfinite=False, accumula
       (loss_sum, (aux, model_state)), grads = grad_of_sums(params, model_state, microbatch, jax.random.fold_in(rng, i))
       return (jax.tree.map(jnp.add, total, (loss_sum, aux, grads)), model_state), None
 
+    first = jax.tree.map(lambda x: x[0], micro)
+    (_, (aux_shapes, _)), _ = jax.eval_shape(grad_of_sums, params, model_state, first, rng)
     scalar = jnp.zeros((), jnp.float32)
-    zeros = (scalar, {"correct": scalar, "weight": scalar}, jax.tree.map(jnp.zeros_like, params))
+    zeros = (scalar, jax.tree.map(jnp.zeros_like, aux_shapes), jax.tree.map(jnp.zeros_like, params))
     # XLA:CPU runs convolutions inside a loop ~10x slower (134 vs 10-11 ms, digits CNN):
     # unroll there. Elsewhere keep the loop, so only one microbatch's activations are live.
     unroll = k if jax.default_backend() == "cpu" else 1
@@ -109,20 +126,21 @@ def make_train_step(model, tx, loss_fn, lr_fn, *, skip_nonfinite=False, accumula
       loss_sum, aux, grads = jax.lax.psum((loss_sum, aux, grads), axis_name)
       model_state = jax.tree.map(
           lambda x: jax.lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.floating) else x, model_state)
-    weight = aux["weight"]
-    grads = jax.tree.map(lambda g: g / weight, grads)
+    del loss_sum  # aux holds it too.
+    grads = jax.tree.map(lambda g: g / aux["weight"], grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              opt_state=opt_state, model_state=dict(model_state))
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=dict(model_state))
     metrics = {
-        "loss": loss_sum / weight,
-        "accuracy": aux["correct"] / weight,
+        **task.metrics(aux),
         "grad_norm": optax.global_norm(grads),
+        # Of the new params: the loop stops on a non-finite one before saving or evaluating them.
+        "param_norm": _norm(params),
         "lr": lr_fn(state.step),
     }
     if skip_nonfinite:
-      ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-      unchanged = state.replace(step=state.step + 1)
+      ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]) & jnp.isfinite(metrics["param_norm"])
+      unchanged = state.replace(step=state.step + 1, opt_state=_counts_from(opt_state, state.opt_state))
       new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, unchanged)
       metrics = {**{k: jnp.where(ok, v, 0.0) for k, v in metrics.items() if k != "lr"},
                  "lr": metrics["lr"], "skipped": 1.0 - ok.astype(jnp.float32)}
@@ -131,21 +149,33 @@ def make_train_step(model, tx, loss_fn, lr_fn, *, skip_nonfinite=False, accumula
   return train_step
 
 
-def make_eval_step(model, loss_fn):
-  """(state, batch) -> sums over the batch's real examples (padding masked out): weighted
-  loss and correct predictions, their weight, and the count of examples."""
+def _norm(tree):
+  """The global norm, NaN if an element is not finite, and finite for any finite tree:
+  scaled by the largest element first (squares of finite float32 values above ~1.8e19
+  would overflow to inf and pass for divergence)."""
+  leaves = jax.tree.leaves(tree)
+  scale = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
+  scale = jnp.where(scale > 0, scale, 1.0)  # An all-zero tree (NaN propagates through the max).
+  return scale * jnp.sqrt(sum(jnp.sum(jnp.square(x / scale)) for x in leaves))
 
-  def eval_step(state, batch):
-    logits, _ = model.apply({"params": state.params, **state.model_state}, batch["image"], train=False)
-    logits = logits.astype(jnp.float32)
-    loss = loss_fn(logits, batch["labels"])
-    mask = batch["_mask"]
-    weights = _weights(batch, loss) * mask.reshape(mask.shape + (1,) * (loss.ndim - 1))
-    return {
-        "loss_sum": (loss * weights).sum(),
-        "correct": (_accuracy(logits, batch["labels"]) * weights).sum(),
-        "weight": weights.sum(),
-        "count": mask.sum().astype(jnp.int32),
-    }
 
-  return eval_step
+def _counts_from(new_opt_state, old_opt_state):
+  """The old optimizer state with the new step counts (optax's `count` fields: schedules,
+  Adam's bias correction): a skipped step leaves the moments alone, not the clock."""
+  def pick(path, new, old):
+    last = path[-1] if path else None
+    return new if getattr(last, "name", None) == "count" else old
+  return jax.tree_util.tree_map_with_path(pick, new_opt_state, old_opt_state)
+
+
+def make_eval_sums(model, task):
+  """(variables, batch) -> the task's weighted sums over the batch's real examples
+  (padding masked out), their weight, and 'count', the number of real examples."""
+
+  def eval_sums(variables, batch):
+    logits, _ = apply(model, task, variables, batch, train=False)
+    sums = weighted_sums(task, logits, batch, mask=batch["_mask"])
+    sums["count"] = batch["_mask"].sum().astype(jnp.int32)
+    return sums
+
+  return eval_sums

@@ -20,15 +20,38 @@ from jaxtrain import checkpoint
 from jaxtrain import config as config_lib
 from jaxtrain import data
 from jaxtrain import evals
-from jaxtrain import losses
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import models
 from jaxtrain import optim
 from jaxtrain import parallel
 from jaxtrain import step as step_lib
+from jaxtrain import tasks
 from jaxtrain.errors import UserError, did_you_mean, first_line
 from jaxtrain.preemption import Preempted, PreemptionWatch
 from jaxtrain.workdir_lock import WorkdirLock
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """The training input: what `build_data` makes of `config.input`."""
+  source: Any             # The training split (len, read(indices)).
+  batch_size: int
+  steps_per_epoch: int
+  durations: dict         # steps_per_epoch and batch_size: for config_lib.steps.
+  first_batch: Any        # This process's first batch: shapes for compiling.
+  train_ds: Any           # Grain MapDataset of this process's batches.
+  num_threads: int
+  prefetch: int
+  data_dir: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """The model, its task, and how to make its variables: what `build_model` makes."""
+  name: str
+  module: Any             # The Flax module.
+  task: Any
+  example_inputs: Any     # (args, kwargs) of zeros shaped like one example: for init.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,82 +59,114 @@ class Experiment:
   """What `build` makes of a config. Nothing in it has touched a work directory."""
   config: Any
   strategy: Any
-  model_name: str
-  batch_size: int
-  steps_per_epoch: int
+  data: Data
+  model: Model
   total_steps: int
   log_every: int
-  train_ds: Any           # Grain MapDataset of this process's batches.
-  num_threads: int
-  prefetch: int
   create: Any             # () -> a fresh TrainState.
   abstract_state: Any
   train_step: Any         # Compiled: (state, batch) -> (state, metrics).
   evaluators: list
   checkpointing: dict     # Checkpointer arguments.
+  flops_per_example: float | None  # For MFU, when the model can say (see metrics.Progress).
+  peak_flops: float | None         # Per second, all devices together.
 
 
 class NonFiniteLoss(UserError):
-  """The loss became NaN or infinite at `step`."""
+  """The loss (or the gradients, or the parameters) became NaN or infinite at `step`;
+  the train state of `first_bad_state` and later ones are not to be resumed from."""
 
-  def __init__(self, message, step):
+  def __init__(self, message, step, first_bad_state=None):
     super().__init__(message)
     self.step = step
+    self.first_bad_state = step - 1 if first_bad_state is None else first_bad_state
 
 
-def build(config):
-  """Everything a run needs, from the config: data, model, optimizer, the train and eval
-  steps compiled for their shapes, evaluators. Any mistake fails here, before anything is
-  written."""
-  cfg = config_lib.Reader(config)
+# ---- Building: each part alone, so evaluation and fine-tuning reuse them --------------------
+
+
+def build_strategy(cfg):
+  """The Strategy of `config.parallel` and its accumulate_steps."""
   parallel_config = cfg.section("parallel")
   strategy = parallel.Strategy(parallel_config)
-  accumulate_steps = parallel_config.get("accumulate_steps", 1, minimum=1)
-  seed = cfg.get("seed", 0, minimum=0)
+  return strategy, parallel_config.get("accumulate_steps", 1, minimum=1)
 
-  # ---- Input ------------------------------------------------------------------------
+
+def build_data(cfg, strategy, seed, accumulate_steps=1):
+  """`config.input`: the training split, its batches, and the durations they define."""
   batch_size = cfg.input.batch_size
   strategy.check_batch_size(batch_size, "input.batch_size", multiple_of=accumulate_steps)
   data_dir = cfg.input.data.get("data_dir", kind=str)
-  train_source = data.open_from_config(cfg.input.data)
-  steps_per_epoch = len(train_source) // batch_size
-  durations = dict(steps_per_epoch=steps_per_epoch, batch_size=batch_size)
-  total_steps = config_lib.steps(cfg, "total", **durations)
-  log_every = config_lib.steps(cfg, "log_every", default=min(50, total_steps), **durations)
+  source = data.open_from_config(cfg.input.data)
+  steps_per_epoch = len(source) // batch_size
   train_ds = data.pipeline.train_dataset(
-      train_source, preprocess=data.ops.parse(cfg.input.pp), global_batch_size=batch_size, seed=seed,
+      source, preprocess=data.ops.parse(cfg.input.get("pp", "")), global_batch_size=batch_size, seed=seed,
       process_index=strategy.process_index, process_count=strategy.process_count)
-  num_threads = cfg.input.get("num_threads", 2, minimum=1)
-  prefetch = cfg.input.get("prefetch", 4, minimum=1)
+  return Data(source=source, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+              durations=dict(steps_per_epoch=steps_per_epoch, batch_size=batch_size), first_batch=train_ds[0],
+              train_ds=train_ds, num_threads=cfg.input.get("num_threads", 2, minimum=1),
+              prefetch=cfg.input.get("prefetch", 4, minimum=1), data_dir=data_dir)
 
-  # ---- Model, loss, optimizer ---------------------------------------------------------
-  model = models.build(cfg.model)
-  loss_fn = losses.build(cfg.loss)
-  tx, lr_fn = optim.build(cfg.optimizer, cfg.section("schedule"), total_steps=total_steps, **durations)
-  first_batch = train_ds[0]
-  step_lib.check_batch(first_batch, "input.pp")
-  example_input = np.zeros((1,) + first_batch["image"].shape[1:], first_batch["image"].dtype)
-  create = functools.partial(step_lib.create_state, model, tx, example_input, seed)
+
+def build_model(cfg, data_):
+  """`config.model` and `config.task` (with `config.loss`), checked against the data."""
+  module = models.build(cfg.model)
+  task = tasks.build(cfg)
+  first_batch = data_.first_batch
+  task.check_batch(first_batch, "input.pp")
+  tokenizer = getattr(data_.source, "tokenizer", None)
+  if tokenizer and getattr(module, "vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
+    raise UserError(f"model.vocab_size={module.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} "
+                    f"ids; set model.vocab_size={tokenizer.vocab_size}")
+  args, kwargs = task.model_inputs(first_batch)
+  example = jax.tree.map(lambda x: np.zeros((1,) + x.shape[1:], x.dtype), (list(args), kwargs))
+  return Model(name=cfg.model.name, module=module, task=task, example_inputs=example)
+
+
+def build_evaluators(cfg, strategy, model, data_, abstract_variables):
+  """`config.evals`, each compiled for the model's variables."""
+  context = evals.Context(model=model.module, task=model.task, strategy=strategy, batch_size=data_.batch_size,
+                          data_dir=data_.data_dir, train_source=data_.source, abstract_variables=abstract_variables)
+  return _must_fit("building the evaluators", lambda: evals.build_all(cfg.section("evals"), context, data_.durations))
+
+
+def abstract_variables(strategy, model, seed):
+  """Shapes and shardings of the model's variables alone (evaluation without an optimizer)."""
+  return _must_fit("initialising the model", lambda: strategy.abstract_state(
+      functools.partial(step_lib.init_variables, model.module, model.example_inputs, seed)))
+
+
+def build(config):
+  """Everything a training run needs, from the config: data, model, optimizer, the train
+  and eval steps compiled for their shapes, evaluators. Any mistake fails here, before
+  anything is written."""
+  cfg = config_lib.Reader(config)
+  strategy, accumulate_steps = build_strategy(cfg)
+  seed = cfg.get("seed", 0, minimum=0)
+  data_ = build_data(cfg, strategy, seed, accumulate_steps)
+  total_steps = config_lib.steps(cfg, "total", **data_.durations)
+  log_every = config_lib.steps(cfg, "log_every", default=min(50, total_steps), **data_.durations)
+  model = build_model(cfg, data_)
+
+  tx, lr_fn = optim.build(cfg.optimizer, cfg.section("schedule"), total_steps=total_steps, **data_.durations)
+  create = functools.partial(step_lib.create_state, model.module, tx, model.example_inputs, seed)
   abstract_state = _must_fit("initialising the model", lambda: strategy.abstract_state(create))
-  step_fn = step_lib.make_train_step(model, tx, loss_fn, lr_fn, skip_nonfinite=cfg.get("skip_nonfinite", False),
+  step_fn = step_lib.make_train_step(model.module, model.task, tx, lr_fn, skip_nonfinite=cfg.get("skip_nonfinite", False),
                                      accumulate_steps=accumulate_steps, axis_name=strategy.axis_name)
-  train_step = _must_fit("compiling the train step (input.pp, model, loss, optimizer)",
-                         lambda: strategy.compile_train_step(step_fn, abstract_state, first_batch))
+  train_step = _must_fit("compiling the train step (input.pp, model, task, loss, optimizer)",
+                         lambda: strategy.compile_train_step(step_fn, abstract_state, data_.first_batch))
 
-  # ---- Evaluators and checkpoints -----------------------------------------------------
-  context = evals.Context(model=model, loss_fn=loss_fn, strategy=strategy, batch_size=batch_size,
-                          data_dir=data_dir, abstract_state=abstract_state)
-  evaluators = _must_fit("building the evaluators", lambda: evals.build_all(cfg.section("evals"), context, durations))
+  evaluators = build_evaluators(cfg, strategy, model, data_, step_lib.variables_of(abstract_state))
   ckpt_config = cfg.section("checkpoint")
-  checkpointing = dict(every_steps=config_lib.steps(ckpt_config, "every", default=None, **durations),
-                       keep=ckpt_config.get("keep", 3, minimum=1),
-                       **_best_checkpoints(ckpt_config, evaluators))
+  every_steps = config_lib.steps(ckpt_config, "every", default=None, **data_.durations)
+  checkpointing = dict(every_steps=every_steps, keep=ckpt_config.get("keep", 3, minimum=1),
+                       **_best_checkpoints(ckpt_config, evaluators, every_steps, log_every, model.task))
+  peak_flops = _peak_flops(cfg.get("peak_tflops_per_device", kind=float))
   config_lib.check_all_read(cfg)  # Every key was read: nothing in the config is a typo.
-  return Experiment(config=config, strategy=strategy, model_name=cfg.model.name, batch_size=batch_size,
-                    steps_per_epoch=steps_per_epoch, total_steps=total_steps, log_every=log_every,
-                    train_ds=train_ds, num_threads=num_threads, prefetch=prefetch, create=create,
-                    abstract_state=abstract_state, train_step=train_step, evaluators=evaluators,
-                    checkpointing=checkpointing)
+  return Experiment(config=config, strategy=strategy, data=data_, model=model, total_steps=total_steps,
+                    log_every=log_every, create=create, abstract_state=abstract_state, train_step=train_step,
+                    evaluators=evaluators, checkpointing=checkpointing,
+                    flops_per_example=_flops_per_example(model, data_.first_batch), peak_flops=peak_flops)
 
 
 def run(config, workdir):
@@ -120,7 +175,7 @@ def run(config, workdir):
   Returns the metrics of the last log and evaluation, keyed '<prefix>/<name>'.
   """
   exp = build(config)
-  strategy, total_steps, steps_per_epoch = exp.strategy, exp.total_steps, exp.steps_per_epoch
+  strategy, total_steps, steps_per_epoch = exp.strategy, exp.total_steps, exp.data.steps_per_epoch
 
   # ---- Work directory: fresh start or resume ------------------------------------------
   _check_workdir(workdir)
@@ -130,13 +185,14 @@ def run(config, workdir):
   last = {}
   try:
     ckpt = checkpoint.Checkpointer(workdir, **exp.checkpointing)
-    train_iter = data.pipeline.iterate(exp.train_ds, num_threads=exp.num_threads, prefetch=exp.prefetch)
+    train_iter = data.pipeline.iterate(exp.data.train_ds, num_threads=exp.data.num_threads, prefetch=exp.data.prefetch)
     pending = []  # Per-step metrics since the last log: on the device until the next log.
     train_seconds = 0.0
     restored = ckpt.restore_newest(exp.abstract_state, train_iter)
     if restored:
       state, metadata = restored
       pending, train_seconds = metadata["pending"], metadata["train_seconds"]
+      _check_same_data_order(metadata["config"], config, int(state.step), workdir)
       if int(state.step) > total_steps:
         raise UserError(f"the newest checkpoint in {workdir} is at step {int(state.step)}, past the "
                         f"{total_steps} steps this config trains for; raise the total or use a new --workdir")
@@ -149,11 +205,13 @@ def run(config, workdir):
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     processes = f"{jax.process_count()} process" + ("es" if jax.process_count() > 1 else "")
     logging.info("%s: %s parameters, %d steps (%d per epoch), global batch %d; %s, %s; "
-                 "train state %.1f MiB per device.", exp.model_name, f"{num_params:,}", total_steps, steps_per_epoch,
-                 exp.batch_size, strategy.describe(), processes, strategy.bytes_per_device(exp.abstract_state) / 2**20)
+                 "train state %.1f MiB per device.", exp.model.name, f"{num_params:,}", total_steps, steps_per_epoch,
+                 exp.data.batch_size, strategy.describe(), processes, strategy.bytes_per_device(exp.abstract_state) / 2**20)
 
     # ---- Loop -------------------------------------------------------------------------
-    progress = metrics_lib.Progress(first_step, total_steps, exp.batch_size, train_seconds)
+    progress = metrics_lib.Progress(first_step, total_steps, exp.data.batch_size, train_seconds,
+                                    tokens_per_example=_tokens_per_example(exp.model, exp.data.first_batch),
+                                    flops_per_example=exp.flops_per_example, peak_flops=exp.peak_flops)
     for step in range(first_step + 1, total_steps + 1):
       state, step_metrics = exp.train_step(state, strategy.shard(next(train_iter)))
       pending.append(step_metrics)
@@ -177,7 +235,7 @@ def run(config, workdir):
           pending = _on_host(pending)
           _check_finite(pending, first_step=step - len(pending) + 1)  # Never evaluate or save a diverged state.
           for scheduled in due:
-            result = scheduled.evaluator.run(state)
+            result = scheduled.evaluator.run(step_lib.variables_of(state))
             row = {f"{scheduled.name}/{k}": v for k, v in result.items()}
             writer.write(step, row)
             metrics_lib.log(metrics_lib.eval_line(scheduled.name, result))
@@ -191,11 +249,12 @@ def run(config, workdir):
       if preempted:
         raise Preempted(step)  # `finally` waits for the save to be complete.
   except NonFiniteLoss as e:
-    # The state saved just before the bad step produced it: not a good one to resume from.
-    moved = ckpt.set_aside_from(e.step - 1)
+    # A bad loss or gradient comes from the state saved just before the step: not a good
+    # one to resume from (bad params are the step's own, and never saved).
+    moved = ckpt.set_aside_from(e.first_bad_state)
     if moved:
       raise NonFiniteLoss(f"{e}; checkpoints {', '.join(map(str, moved))} gave or followed it and were moved "
-                          f"to {workdir}/checkpoints_set_aside", e.step) from None
+                          f"to {workdir}/checkpoints_set_aside", e.step, e.first_bad_state) from None
     raise
   finally:
     if ckpt:
@@ -208,21 +267,78 @@ def run(config, workdir):
   return last
 
 
-def _best_checkpoints(ckpt_config, evaluators):
-  """Checkpointer arguments for checkpoint.keep_best / best_metric / best_mode."""
+def _best_checkpoints(ckpt_config, evaluators, every_steps, log_every, task):
+  """Checkpointer arguments for checkpoint.keep_best / best_metric / best_mode.
+
+  Every periodic save must find the metric measured at its own step: a checkpoint
+  without it cannot be ranked, and ranking it by an older value would rank other params."""
   keep_best = ckpt_config.get("keep_best", 0, minimum=0)
   if not keep_best:
     return {}
   metric = ckpt_config.get("best_metric", config_lib.REQUIRED, kind=str)
   mode = ckpt_config.get("best_mode", "max")
-  known = {f"{s.name}/{name}" for s in evaluators for name in getattr(s.evaluator, "metric_names", ())}
-  known |= {"train/loss", "train/accuracy"}
-  if metric not in known:
-    raise UserError(f"checkpoint.best_metric='{metric}' is not a metric of this run{did_you_mean(metric, known)}; "
-                    f"it has {', '.join(sorted(known))}")
+  measured = {f"train/{name}": (log_every, "log_every_steps") for name in task.metric_names}
+  for s in evaluators:
+    for name in getattr(s.evaluator, "metric_names", ()):
+      measured[f"{s.name}/{name}"] = (s.every_steps, f"evals.{s.name}.every_steps")
+  if metric not in measured:
+    raise UserError(f"checkpoint.best_metric='{metric}' is not a metric of this run{did_you_mean(metric, measured)}; "
+                    f"it has {', '.join(sorted(measured))}")
   if mode not in ("max", "min"):
     raise UserError(f"checkpoint.best_mode must be 'max' or 'min', got {mode!r}")
+  metric_every, key = measured[metric]
+  if every_steps is not None and (metric_every is None or every_steps % metric_every):
+    when = "only at the end of training" if metric_every is None else f"every {metric_every} steps ({key})"
+    raise UserError(f"checkpoint.best_metric='{metric}' is measured {when}, but checkpoints are saved every "
+                    f"{every_steps} steps (checkpoint.every_*): not every checkpoint could be ranked; make the "
+                    f"checkpoint interval a multiple of the metric's")
   return dict(keep_best=keep_best, best_metric=metric, best_mode=mode)
+
+
+def _check_same_data_order(saved, config, step, workdir):
+  """Refuses to resume where the data position would not mean the same examples: the
+  checkpoint holds the index of the next global batch, whose examples depend on the
+  batch size and the seed."""
+  now = config.to_dict()
+  for path in (("input", "batch_size"), ("seed",)):
+    before, after = saved, now
+    for key in path:
+      before, after = (before or {}).get(key), (after or {}).get(key)
+    if before != after:
+      name = ".".join(path)
+      raise UserError(f"checkpoint {step} in {workdir} was saved with {name}={before!r}, not {after!r}: resuming "
+                      f"would jump to other examples; resume with {name}={before!r}, or use a new --workdir")
+
+
+def _tokens_per_example(model, batch):
+  """Tokens in one example, for a sequence task (tokens/s); None otherwise."""
+  if not model.task.count_name:
+    return None
+  return int(np.prod(batch[next(iter(model.task.reads()))].shape[1:]))
+
+
+def _flops_per_example(model, batch):
+  """Training FLOPs per example where the model can say (`flops_per_token(seq_len)`)."""
+  tokens = _tokens_per_example(model, batch)
+  if tokens is None or not hasattr(model.module, "flops_per_token"):
+    return None
+  return model.module.flops_per_token(tokens) * tokens
+
+
+# Dense bfloat16 peaks, in TFLOP/s per device, by jax.Device.device_kind (vendor figures).
+_PEAK_TFLOPS = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H200": 989.0, "NVIDIA A100-SXM4-80GB": 312.0,
+                "NVIDIA A100-SXM4-40GB": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5": 459.0,
+                "TPU v6 lite": 918.0}
+
+
+def _peak_flops(per_device_tflops):
+  """FLOP/s of all devices at their peak: config.peak_tflops_per_device, else the
+  vendor's figure for a known accelerator, else None (no MFU: e.g. on CPUs)."""
+  if per_device_tflops is None:
+    per_device_tflops = _PEAK_TFLOPS.get(jax.devices()[0].device_kind)
+  elif not per_device_tflops > 0:
+    raise UserError(f"config key 'peak_tflops_per_device' must be positive, got {per_device_tflops!r}")
+  return per_device_tflops * 1e12 * jax.device_count() if per_device_tflops else None
 
 
 def _must_fit(what, build):
@@ -291,24 +407,33 @@ def _on_host(pending):
 
 
 def _mean_of(pending, first_step):
-  """Interval means; skipped steps (skip_nonfinite) are counted, not averaged in."""
+  """Interval means; skipped steps (skip_nonfinite) are counted, not averaged in. An
+  interval where every step was skipped has no loss to show: only lr and the count."""
   values = _on_host(pending)
   _check_finite(values, first_step)
-  kept = [v for v in values if not v.get("skipped")] or values[-1:]
-  means = {k: float(np.mean([v[k] for v in kept])) for k in values[0] if k != "skipped"}
+  kept = [v for v in values if not v.get("skipped")]
+  keys = [k for k in values[0] if k != "skipped" and (kept or k == "lr")]
+  means = {k: float(np.mean([v[k] for v in (kept or values)])) for k in keys}
   if "skipped" in values[0]:
     means["skipped_steps"] = int(sum(v["skipped"] for v in values))
   return means
 
 
+_WATCHED = (("loss", "the loss"), ("grad_norm", "the gradient norm"), ("param_norm", "the parameter norm"))
+
+
 def _check_finite(values, first_step):
-  """Raises NonFiniteLoss for the first bad loss in `values` (host floats)."""
-  losses_ = np.asarray([m["loss"] for m in values])
-  bad = np.flatnonzero(~np.isfinite(losses_))
-  if bad.size:
-    step = first_step + int(bad[0])
-    if step == 1:
-      raise NonFiniteLoss(f"loss is {losses_[bad[0]]} at step 1, before any update: check the input values "
-                          f"(input.pp) and the model's initialisation", step)
-    raise NonFiniteLoss(f"loss is {losses_[bad[0]]} at step {step}; lower optimizer.lr or set "
-                        f"optimizer.grad_clip_norm, and run again to resume from the last good checkpoint", step)
+  """Raises NonFiniteLoss for the first step in `values` (host floats) whose loss,
+  gradients or new parameters are not finite."""
+  for offset, row in enumerate(values):
+    bad = [(key, what, row[key]) for key, what in _WATCHED if key in row and not np.isfinite(row[key])]
+    if not bad:
+      continue
+    step, (key, what, value) = first_step + offset, bad[0]
+    first_bad_state = step if key == "param_norm" else step - 1
+    if step == 1 and key != "param_norm":
+      raise NonFiniteLoss(f"{what} is {value} at step 1, before any update: check the input values "
+                          f"(input.pp) and the model's initialisation", step, first_bad_state)
+    raise NonFiniteLoss(f"{what} is {value} at step {step}; lower optimizer.lr or set "
+                        f"optimizer.grad_clip_norm, and run again to resume from the last good checkpoint",
+                        step, first_bad_state)

@@ -54,7 +54,7 @@ CASES = [
     ("unknown split", lambda c: c.evals.val.data.update(split="validation"),
      r"dataset 'digits' in .* has no split 'validation'; its splits are train, test"),
     ("unknown model", lambda c: c.model.update(name="resnet"),
-     r"unknown model 'resnet'; known: cnn, mlp"),
+     r"unknown model 'resnet'; known: cnn, llama, mlp"),
     ("unknown optimizer", lambda c: c.optimizer.update(name="adamm"),
      r"unknown optimizer 'adamm' \(did you mean 'adam'\?\)"),
     ("unknown schedule", lambda c: c.schedule.update(name="cosin"),
@@ -69,16 +69,15 @@ CASES = [
                                                           "key_result='labels')|keep('image', 'labels')"),
      r"input.pp: op 'onehot\(5, .*' failed .* outside onehot\(5\)"),
     ("no labels for the loss", lambda c: c.input.update(pp="value_range(-1, 1)|keep('image', 'label')"),
-     r"input.pp must leave 'image' \(the model input\) and 'labels' \(one-hot targets\) in the batch; "
-     r"it has image, label"),
+     r"input.pp must leave 'labels' \(the labels \(task.labels\)\) in the batch; it has image, label$"),
     ("no image for the model", lambda c: c.input.update(pp="onehot(10, key='label', key_result='labels')|"
                                                            "keep('labels')"),
-     r"input.pp must leave 'image' .* it has labels"),
+     r"input.pp must leave 'image' \(the model's input \(task.inputs\)\) in the batch; it has labels$"),
     ("classes and labels disagree", lambda c: c.model.update(num_classes=5),
-     r"compiling the train step \(input.pp, model, loss, optimizer\) failed: .*(\(32, 5\).*\(32, 10\)|"
+     r"compiling the train step \(input.pp, model, task, loss, optimizer\) failed: .*(\(32, 5\).*\(32, 10\)|"
      r"\(32, 10\).*\(32, 5\)).* \(at .*\.py:\d+\)"),
     ("eval preprocessing broken", lambda c: c.evals.val.update(pp="value_range(-1, 1)|keep('image')"),
-     r"evals.val.pp must leave 'image' .* it has image$"),
+     r"evals.val.pp must leave 'labels' .* it has image$"),
     ("lr as a section", written_as("optimizer.lr", {"value": 0.1}),
      r"config key 'optimizer.lr' must be float, got a section"),
     ("optimizer argument of the wrong type", written_as("optimizer", {"name": "sgd", "lr": 0.1, "nesterov": "no",

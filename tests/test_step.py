@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxtrain import losses, models, optim, parallel
+from jaxtrain import models, optim, parallel, tasks
 from jaxtrain import step as step_lib
 from jaxtrain.config import Reader
 from jaxtrain.errors import UserError
@@ -19,7 +19,7 @@ TOTAL_STEPS = 60
 
 
 def build(model, optimizer=None, schedule=None, seed=0):
-  """(model, tx, loss_fn, lr_fn, state) from config sections, as train.py builds them."""
+  """(model, tx, task, lr_fn, state) from config sections, as train.py builds them."""
   cfg = Reader(ml_collections.ConfigDict({
       "model": {"num_classes": NUM_CLASSES, **model},
       "loss": {"name": "softmax_xent"},
@@ -27,11 +27,11 @@ def build(model, optimizer=None, schedule=None, seed=0):
       "schedule": schedule or {"name": "constant"},
   }))
   model = models.build(cfg.model)
-  loss_fn = losses.build(cfg.loss)
+  task = tasks.build(cfg)
   tx, lr_fn = optim.build(cfg.optimizer, cfg.schedule, total_steps=TOTAL_STEPS, steps_per_epoch=10,
                           batch_size=BATCH)
-  state = step_lib.create_state(model, tx, np.zeros((1, 4, 4, 1), np.float32), seed)
-  return model, tx, loss_fn, lr_fn, state
+  state = step_lib.create_state(model, tx, ([np.zeros((1, 4, 4, 1), np.float32)], {}), seed)
+  return model, tx, task, lr_fn, state
 
 
 def make_batch(seed=0, batch=BATCH):
@@ -61,8 +61,8 @@ def copy(tree):
 
 @pytest.fixture(scope="module")
 def mlp_dropout():
-  model, tx, loss_fn, lr_fn, state = build(MLP_DROPOUT, schedule={"name": "cosine", "warmup_steps": 4})
-  return state, jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn)), lr_fn
+  model, tx, task, lr_fn, state = build(MLP_DROPOUT, schedule={"name": "cosine", "warmup_steps": 4})
+  return state, jax.jit(step_lib.make_train_step(model, task, tx, lr_fn)), lr_fn
 
 
 # ---------------------------------------------------------------------------------------
@@ -121,7 +121,7 @@ def test_train_step_increments_step(mlp_dropout):
 def test_train_step_metrics(mlp_dropout):
   state, train_step, _ = mlp_dropout
   _, metrics = train_step(state, make_batch())
-  assert set(metrics) == {"loss", "accuracy", "grad_norm", "lr"}
+  assert set(metrics) == {"loss", "accuracy", "grad_norm", "param_norm", "lr"}
   assert all(m.shape == () for m in metrics.values())
   assert float(metrics["loss"]) > 0
   assert 0.0 <= float(metrics["accuracy"]) <= 1.0
@@ -129,13 +129,13 @@ def test_train_step_metrics(mlp_dropout):
 
 
 def test_train_step_metrics_match_a_manual_computation():
-  model, tx, loss_fn, lr_fn, state = build(MLP)
+  model, tx, task, lr_fn, state = build(MLP)
   batch = make_batch()
-  _, metrics = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn))(state, batch)
+  _, metrics = jax.jit(step_lib.make_train_step(model, task, tx, lr_fn))(state, batch)
 
   def loss_of(params):
     logits, _ = model.apply({"params": params}, batch["image"], train=True)
-    return loss_fn(logits, batch["labels"]).mean(), logits
+    return task.loss_fn(logits, batch["labels"]).mean(), logits
 
   (loss, logits), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
   accuracy = np.mean(np.argmax(logits, -1) == np.argmax(batch["labels"], -1))
@@ -180,8 +180,8 @@ def test_dropout_mask_changes_with_the_state_rng(mlp_dropout):
 
 
 def test_loss_falls_on_a_fixed_batch():
-  model, tx, loss_fn, lr_fn, state = build(MLP, optimizer={"name": "adam", "lr": 1e-2})
-  train_step = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn))
+  model, tx, task, lr_fn, state = build(MLP, optimizer={"name": "adam", "lr": 1e-2})
+  train_step = jax.jit(step_lib.make_train_step(model, task, tx, lr_fn))
   batch = make_batch()
   state, metrics = train_step(state, batch)
   first = float(metrics["loss"])
@@ -192,9 +192,9 @@ def test_loss_falls_on_a_fixed_batch():
 
 
 def test_batch_stats_update_in_train_mode():
-  model, tx, loss_fn, lr_fn, state = build(CNN_BN)
+  model, tx, task, lr_fn, state = build(CNN_BN)
   batch = make_batch()
-  new_state, _ = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn))(state, batch)
+  new_state, _ = jax.jit(step_lib.make_train_step(model, task, tx, lr_fn))(state, batch)
   # Running mean <- 0.9 * 0 + 0.1 * the batch mean of the first (bias-free) convolution.
   conv = nn.Conv(4, (3, 3), use_bias=False).apply({"params": state.params["Conv_0"]}, batch["image"])
   stats = new_state.model_state["batch_stats"]["BatchNorm_0"]
@@ -203,40 +203,42 @@ def test_batch_stats_update_in_train_mode():
 
 
 # ---------------------------------------------------------------------------------------
-# make_eval_step.
+# make_eval_sums.
 # ---------------------------------------------------------------------------------------
 
 
 def test_eval_step_sums_only_real_rows():
-  model, _, loss_fn, _, state = build(CNN_BN)
+  model, _, task, _, state = build(CNN_BN)
   batch = make_batch(seed=1)
   mask = np.array([1, 1, 0, 1, 0, 1, 1, 0], np.float32)
-  eval_step = jax.jit(step_lib.make_eval_step(model, loss_fn))
-  sums = eval_step(state, {**batch, "_mask": mask})
+  eval_step = jax.jit(step_lib.make_eval_sums(model, task))
+  sums = eval_step(step_lib.variables_of(state), {**batch, "_mask": mask})
 
   real = mask == 1
   logits, _ = model.apply({"params": state.params, **state.model_state}, batch["image"][real], train=False)
-  per_example = loss_fn(logits, batch["labels"][real])
+  per_example = task.loss_fn(logits, batch["labels"][real])
   correct = np.sum(np.argmax(logits, -1) == np.argmax(batch["labels"][real], -1))
   assert int(sums["count"]) == 5 and float(sums["weight"]) == 5.0
   assert float(sums["correct"]) == correct
-  np.testing.assert_allclose(sums["loss_sum"], per_example.sum(), rtol=1e-5)
+  np.testing.assert_allclose(sums["loss"], per_example.sum(), rtol=1e-5)
   assert sums["count"].dtype == jnp.int32
 
 
 def test_eval_step_ignores_the_content_of_padding_rows():
-  model, _, loss_fn, _, state = build(MLP)
-  eval_step = jax.jit(step_lib.make_eval_step(model, loss_fn))
+  model, _, task, _, state = build(MLP)
+  eval_step = jax.jit(step_lib.make_eval_sums(model, task))
   batch = {**make_batch(seed=2), "_mask": np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32)}
   other = {**batch, "image": batch["image"].copy(), "labels": batch["labels"][::-1].copy()}
   other["image"][5:] = 100.0
   other["labels"][:5] = batch["labels"][:5]
-  assert_trees_equal(eval_step(state, batch), eval_step(state, other))
+  variables = step_lib.variables_of(state)
+  assert_trees_equal(eval_step(variables, batch), eval_step(variables, other))
 
 
 def test_eval_step_with_no_padding_counts_everything():
-  model, _, loss_fn, _, state = build(MLP)
-  sums = jax.jit(step_lib.make_eval_step(model, loss_fn))(state, {**make_batch(), "_mask": np.ones(BATCH, np.float32)})
+  model, _, task, _, state = build(MLP)
+  sums = jax.jit(step_lib.make_eval_sums(model, task))(step_lib.variables_of(state),
+                                                       {**make_batch(), "_mask": np.ones(BATCH, np.float32)})
   assert int(sums["count"]) == BATCH
 
 
@@ -275,18 +277,18 @@ def test_check_batch_size_rejects_bool(strategy):
 def test_strategy_init_matches_create_state(strategy):
   model, tx, _, _, state = build(MLP)
   example = np.zeros((1, 4, 4, 1), np.float32)
-  create = lambda: step_lib.create_state(model, tx, example, 0)
+  create = lambda: step_lib.create_state(model, tx, ([example], {}), 0)
   placed = strategy.init(create, strategy.abstract_state(create))
   assert_trees_equal(placed, state)
   assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(placed))
 
 
 def test_compiled_train_step_donates_the_train_state(strategy):
-  model, tx, loss_fn, lr_fn, _ = build(MLP)
+  model, tx, task, lr_fn, _ = build(MLP)
   example = np.zeros((1, 4, 4, 1), np.float32)
-  create = lambda: step_lib.create_state(model, tx, example, 0)
+  create = lambda: step_lib.create_state(model, tx, ([example], {}), 0)
   state = strategy.init(create, strategy.abstract_state(create))
-  train_step = strategy.compile_train_step(step_lib.make_train_step(model, tx, loss_fn, lr_fn),
+  train_step = strategy.compile_train_step(step_lib.make_train_step(model, task, tx, lr_fn),
                                            strategy.abstract_state(create), make_batch())
   batch = strategy.shard(make_batch())
   new_state, metrics = train_step(state, batch)
@@ -298,21 +300,21 @@ def test_compiled_train_step_donates_the_train_state(strategy):
 
 
 def test_compiled_eval_step_keeps_the_state(strategy):
-  model, tx, loss_fn, _, _ = build(MLP)
+  model, tx, task, _, _ = build(MLP)
   example = np.zeros((1, 4, 4, 1), np.float32)
-  create = lambda: step_lib.create_state(model, tx, example, 0)
+  create = lambda: step_lib.create_state(model, tx, ([example], {}), 0)
   state = strategy.init(create, strategy.abstract_state(create))
   local_batch = {**make_batch(), "_mask": np.ones(BATCH, np.float32)}
-  eval_step = strategy.compile_eval_step(step_lib.make_eval_step(model, loss_fn), strategy.abstract_state(create),
-                                         local_batch)
+  abstract = step_lib.variables_of(strategy.abstract_state(create))
+  eval_step = strategy.compile_eval(step_lib.make_eval_sums(model, task), abstract, local_batch)
   batch = strategy.shard(local_batch)
-  assert int(eval_step(state, batch)["count"]) == BATCH
+  assert int(eval_step(step_lib.variables_of(state), batch)["count"]) == BATCH
   assert not any(x.is_deleted() for x in jax.tree.leaves(state))
 
 
 def test_skip_nonfinite_leaves_the_state_but_advances_the_step():
-  model, tx, loss_fn, lr_fn, state = build(MLP)
-  step = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn, skip_nonfinite=True))
+  model, tx, task, lr_fn, state = build(MLP)
+  step = jax.jit(step_lib.make_train_step(model, task, tx, lr_fn, skip_nonfinite=True))
   batch = make_batch()
   bad = {**batch, "image": np.full_like(batch["image"], np.nan)}
   new_state, metrics = step(state, bad)
@@ -337,11 +339,11 @@ def weighted_batch(seed=3, batch=16):
 
 
 def test_the_loss_is_the_weighted_mean_over_the_batch():
-  model, tx, loss_fn, lr_fn, state = build(MLP)
+  model, tx, task, lr_fn, state = build(MLP)
   batch = weighted_batch()
-  _, metrics = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn))(state, batch)
+  _, metrics = jax.jit(step_lib.make_train_step(model, task, tx, lr_fn))(state, batch)
   logits, _ = model.apply({"params": state.params}, batch["image"], train=True)
-  per_example = np.asarray(loss_fn(logits, batch["labels"]))
+  per_example = np.asarray(task.loss_fn(logits, batch["labels"]))
   np.testing.assert_allclose(float(metrics["loss"]), np.sum(per_example * batch["weights"]) / batch["weights"].sum(),
                              rtol=1e-6)
 
@@ -349,10 +351,10 @@ def test_the_loss_is_the_weighted_mean_over_the_batch():
 @pytest.mark.parametrize("accumulate_steps", [2, 4, 8])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_accumulating_microbatches_equals_the_large_batch(accumulate_steps, weighted):
-  model, tx, loss_fn, lr_fn, state = build(MLP)
+  model, tx, task, lr_fn, state = build(MLP)
   batch = weighted_batch() if weighted else make_batch(batch=16)
-  large = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn))
-  micro = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn, accumulate_steps=accumulate_steps))
+  large = jax.jit(step_lib.make_train_step(model, task, tx, lr_fn))
+  micro = jax.jit(step_lib.make_train_step(model, task, tx, lr_fn, accumulate_steps=accumulate_steps))
   state_large, state_micro = state, copy(state)
   for _ in range(3):
     state_large, metrics_large = large(state_large, batch)
@@ -365,24 +367,24 @@ def test_accumulating_microbatches_equals_the_large_batch(accumulate_steps, weig
 
 def test_accumulation_is_not_the_same_as_one_microbatch():
   """The check above can fail: a step on the first microbatch alone differs."""
-  model, tx, loss_fn, lr_fn, state = build(MLP)
+  model, tx, task, lr_fn, state = build(MLP)
   batch = weighted_batch()
-  _, full = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn, accumulate_steps=4))(state, batch)
+  _, full = jax.jit(step_lib.make_train_step(model, task, tx, lr_fn, accumulate_steps=4))(state, batch)
   first = jax.tree.map(lambda x: x[::4], batch)  # Microbatch 0 takes examples 0, 4, 8, ...
-  _, alone = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn))(copy(state), first)
+  _, alone = jax.jit(step_lib.make_train_step(model, task, tx, lr_fn))(copy(state), first)
   assert abs(float(full["loss"]) - float(alone["loss"])) > 1e-3
 
 
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_params():
-  model, tx, loss_fn, lr_fn, state = build({**MLP, "dtype": "bfloat16"})
-  step = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn))
+  model, tx, task, lr_fn, state = build({**MLP, "dtype": "bfloat16"})
+  step = jax.jit(step_lib.make_train_step(model, task, tx, lr_fn))
   hlo = step.lower(state, make_batch()).as_text()
   assert any("dot_general" in line and "bf16" in line for line in hlo.splitlines())
   new_state, metrics = step(state, make_batch())
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new_state.params))
   assert metrics["loss"].dtype == jnp.float32
   _, _, _, _, state32 = build(MLP)
-  _, metrics32 = jax.jit(step_lib.make_train_step(*build(MLP)[:4]))(state32, make_batch())
+  _, metrics32 = jax.jit(step_lib.make_train_step(*[build(MLP)[i] for i in (0, 2, 1, 3)]))(state32, make_batch())
   # The same model to bfloat16's precision (8 bits of mantissa), not to float32's.
   assert float(metrics["loss"]) == pytest.approx(float(metrics32["loss"]), rel=2e-2)
   assert float(metrics["loss"]) != float(metrics32["loss"])
@@ -406,14 +408,14 @@ def test_accumulation_with_token_weights_divides_once_by_all_the_tokens(accumula
            "weights": (np.arange(6)[None, :] < rng.integers(1, 7, (8, 1))).astype(np.float32)}  # Lengths 1-6.
   model = TokenTagger()
   tx = optax.sgd(0.5)
-  loss_fn = losses.softmax_xent
-  state = step_lib.create_state(model, tx, batch["image"][:1], 0)
+  task = tasks.build(Reader(ml_collections.ConfigDict({"loss": {"name": "softmax_xent"}})))
+  state = step_lib.create_state(model, tx, ([batch["image"][:1]], {}), 0)
   lr_fn = lambda step: 0.5
-  large, large_metrics = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_fn))(state, batch)
+  large, large_metrics = jax.jit(step_lib.make_train_step(model, task, tx, lr_fn))(state, batch)
   micro, micro_metrics = jax.jit(step_lib.make_train_step(
-      model, tx, loss_fn, lr_fn, accumulate_steps=accumulate_steps))(copy(state), batch)
+      model, task, tx, lr_fn, accumulate_steps=accumulate_steps))(copy(state), batch)
   logits, _ = model.apply({"params": state.params}, batch["image"], train=True)
-  per_token = np.asarray(loss_fn(logits, batch["labels"]))
+  per_token = np.asarray(task.loss_fn(logits, batch["labels"]))
   expected = np.sum(per_token * batch["weights"]) / batch["weights"].sum()
   np.testing.assert_allclose(float(large_metrics["loss"]), expected, rtol=1e-6)
   np.testing.assert_allclose(float(micro_metrics["loss"]), expected, rtol=1e-6)

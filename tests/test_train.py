@@ -148,7 +148,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_only_checkpoints_that_gave_fini
   c.checkpoint.every_steps = 1  # Saved every step, logged every 10: the save must check first.
   c.checkpoint.keep = 100
   workdir = tmp_path / "run"
-  with pytest.raises(train.NonFiniteLoss, match=r"loss is (nan|inf) at step \d+; lower optimizer.lr") as e:
+  with pytest.raises(train.NonFiniteLoss, match=r"(loss|gradient norm) is (nan|inf) at step \d+; lower optimizer.lr") as e:
     train.run(c, str(workdir))
   # The state of step e.step - 1 gave the bad loss: its checkpoint is set aside too.
   bad = e.value.step
@@ -167,19 +167,19 @@ def test_a_run_stopped_during_an_evaluation_evaluates_again_when_resumed(tfds_di
   workdir = str(tmp_path / "run")
   train.run(tiny_config(), str(tmp_path / "reference"))
   calls = []
-  real_run = evals.classification.Classification.run
+  real_run = evals.task_metrics.TaskMetrics.run
 
-  def interrupted_at_the_third(self, state):
-    calls.append(int(state.step))
+  def interrupted_at_the_third(self, variables):
+    calls.append(len(calls) + 1)
     if len(calls) == 3:
       raise KeyboardInterrupt
-    return real_run(self, state)
+    return real_run(self, variables)
 
-  monkeypatch.setattr(evals.classification.Classification, "run", interrupted_at_the_third)
+  monkeypatch.setattr(evals.task_metrics.TaskMetrics, "run", interrupted_at_the_third)
   with pytest.raises(KeyboardInterrupt):
     train.run(tiny_config(), workdir)
-  assert calls == [10, 20, 30] and sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
-  monkeypatch.setattr(evals.classification.Classification, "run", real_run)
+  assert calls == [1, 2, 3] and sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
+  monkeypatch.setattr(evals.task_metrics.TaskMetrics, "run", real_run)
   train.run(tiny_config(), workdir)
   assert drop_timing(read_rows(workdir)) == drop_timing(read_rows(str(tmp_path / "reference")))
 
@@ -247,3 +247,69 @@ def test_keep_best_keeps_the_newest_and_the_best_by_the_named_metric(tfds_dir, t
   val_losses = [r["val/loss"] for r in read_rows(workdir) if "val/loss" in r]
   assert val_losses == sorted(val_losses, reverse=True)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == kept
+
+
+# ---- Defects fixed with the task contract (each test failed before its fix) ----------------
+
+
+def test_finite_loss_with_infinite_gradients_stops_before_anything_is_saved(tfds_dir, tmp_path):
+  """Defect 3: only the loss was checked, so such a step was evaluated and saved."""
+  c = tiny_config()
+  c.model = dict(name="test_tasks:SqrtOfAParameter", num_classes=10)
+  c.checkpoint.every_steps = 1
+  workdir = tmp_path / "run"
+  with pytest.raises(train.NonFiniteLoss, match=r"^the gradient norm is inf at step 1, before any update"):
+    train.run(c, str(workdir))
+  assert os.listdir(workdir / "checkpoints") == []
+  assert not [r for r in read_rows(str(workdir)) if "val/loss" in r]
+
+
+def test_an_interval_of_skipped_steps_logs_no_loss(tfds_dir, tmp_path):
+  """Defect 4: an interval where every step was skipped logged loss 0.0."""
+  c = tiny_config()
+  c.model = dict(name="test_tasks:SqrtOfAParameter", num_classes=10)  # Every step's gradient is infinite.
+  c.skip_nonfinite = True
+  workdir = str(tmp_path / "run")
+  train.run(c, workdir)
+  train_rows = [r for r in read_rows(workdir) if "train/lr" in r]
+  assert [r["train/skipped_steps"] for r in train_rows] == [10, 10, 10]
+  assert not any("train/loss" in r or "train/accuracy" in r for r in train_rows)
+
+
+@pytest.mark.parametrize("metric, evals_every, error", [
+    ("val/accuracy", 15, r"measured every 15 steps \(evals.val.every_steps\), but checkpoints are saved every 10"),
+    ("val/accuracy", None, r"measured only at the end of training, but checkpoints are saved every 10"),
+    ("train/loss", 10, None),  # Logged every 10 steps: every checkpoint has it.
+    ("val/accuracy", 5, None),
+])
+def test_keep_best_needs_the_metric_at_every_checkpoint(tfds_dir, tmp_path, metric, evals_every, error):
+  """Defect 5: a checkpoint whose step has no value of the metric cannot be ranked."""
+  c = tiny_config()
+  c.checkpoint.keep_best, c.checkpoint.best_metric, c.checkpoint.best_mode = 1, metric, "min"
+  c.evals.val.every_steps = evals_every
+  if error:
+    with pytest.raises(UserError, match=r"checkpoint.best_metric='val/accuracy' is " + error):
+      train.build(c)
+  else:
+    train.build(c)
+
+
+@pytest.mark.parametrize("key, change", [("input.batch_size", 16), ("seed", 1)])
+def test_resuming_with_another_batch_size_or_seed_is_refused_and_changes_nothing(tfds_dir, tmp_path, key, change):
+  """Defect 6: the data position is the index of the next global batch; with another
+  batch size or seed it points at other examples, and resuming only logged the change."""
+  workdir = str(tmp_path / "run")
+  c = tiny_config()
+  c.total_steps = 20
+  train.run(c, workdir)
+  before = {name: open(os.path.join(workdir, name), encoding="utf-8").read() for name in ("metrics.jsonl", "config.json")}
+  c.total_steps = 30
+  if key == "seed":
+    c.seed = change
+  else:
+    c.input.batch_size = change
+  with pytest.raises(UserError, match=rf"checkpoint 20 in .* was saved with {key}=\w+, not {change}: resuming "
+                                      rf"would jump to other examples; resume with {key}="):
+    train.run(c, workdir)
+  after = {name: open(os.path.join(workdir, name), encoding="utf-8").read() for name in ("metrics.jsonl", "config.json")}
+  assert after == before and sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == ["10", "20"]

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxtrain.data import digits  # pylint: disable=unused-import  (registers 'digits' with TFDS)
+from jaxtrain.data import stdlib_code  # pylint: disable=unused-import  (registers 'stdlib_code')
 from jaxtrain.errors import UserError
 
 

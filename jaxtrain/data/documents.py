@@ -1,0 +1,175 @@
+"""The user's own text, read from files as documents, in a fixed order, split by hash.
+
+A document is a list of (text, weighted) segments: [(text, True)] for plain text;
+[(prompt, False), (completion, True)] for a prompt/completion pair, where only the
+completion is scored. Formats:
+  text               each file is one document (read as UTF-8 exactly, newlines included)
+  jsonl              each line is a JSON object; one document per line, from `field`
+  prompt_completion  each line is {"prompt": ..., "completion": ...} (fields configurable)
+  mbox               each message of an mbox mailbox (Gmail Takeout, Thunderbird) is one
+                     document: From, To, Subject and Date, a blank line, then the text/plain
+                     body decoded for charset and transfer encoding (quoted-printable,
+                     base64); in a multipart message the plain-text part, else the HTML
+                     part as text; attachments are skipped.
+Files are taken in sorted order (each glob sorted), documents in file order.
+
+The split is by document, from a hash of its content: `validation_fraction` of them (in
+hash order, not file order) are 'validation', the rest 'train'. Content, not position, so
+that adding a file does not move the others' documents, and a document repeated anywhere
+lands in one split only (duplicates cannot leak from train into validation).
+"""
+
+import email
+import email.policy
+import glob
+import hashlib
+import html.parser
+import json
+import mailbox
+import os
+
+from jaxtrain.errors import UserError
+
+FORMATS = ("text", "jsonl", "prompt_completion", "mbox")
+SPLITS = ("train", "validation")
+
+
+def resolve_files(files, where):
+  """Sorted paths matched by `files` (a glob, a path, or a list of them); each must match.
+  `where` names the setting in errors: "config key 'input.data.files'", "--corpus"."""
+  patterns = [files] if isinstance(files, str) else list(files)
+  if not patterns or not all(isinstance(p, str) for p in patterns):
+    raise UserError(f"{where} must be a path or glob, or a list of them, got {files!r}")
+  paths = []
+  for pattern in patterns:
+    matched = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+    if not matched:
+      raise UserError(f"{where}: no files match '{pattern}'")
+    paths.extend(os.path.abspath(p) for p in matched)
+  return list(dict.fromkeys(paths))  # Each file once, in order.
+
+
+def read(fmt, paths, *, field="text", prompt_field="prompt", completion_field="completion"):
+  """Yields the documents of `paths` in order."""
+  if fmt == "text":
+    for path in paths:
+      with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        yield [(f.read(), True)]
+  elif fmt == "jsonl":
+    for path, line, record in _json_lines(paths):
+      yield [(_field(record, field, path, line, "field"), True)]
+  elif fmt == "prompt_completion":
+    for path, line, record in _json_lines(paths):
+      yield [(_field(record, prompt_field, path, line, "prompt_field"), False),
+             (_field(record, completion_field, path, line, "completion_field"), True)]
+  elif fmt == "mbox":
+    for path in paths:
+      yield from ([(text, True)] for text in _mbox_texts(path))
+  else:
+    raise UserError(f"unknown text format '{fmt}'; the formats are {', '.join(FORMATS)}")
+
+
+def in_split(document, split, validation_fraction):
+  """Whether `document` belongs to `split` ('train' or 'validation')."""
+  digest = hashlib.sha256("\x00".join(text for text, _ in document).encode("utf-8", "surrogatepass")).digest()
+  validation = int.from_bytes(digest[:8], "big") < validation_fraction * 2**64
+  return validation == (split == "validation")
+
+
+def _json_lines(paths):
+  for path in paths:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      for number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise UserError(f"{path}:{number}: not a JSON line ({e.msg}); each line must be one JSON object") from None
+        yield path, number, record
+
+
+def _field(record, field, path, line, key):
+  if not isinstance(record, dict) or field not in record:
+    have = f"; it has {', '.join(sorted(record))}" if isinstance(record, dict) else ""
+    raise UserError(f"{path}:{line}: no field '{field}' in this JSON line{have} (the data section's '{key}' "
+                    f"names the field to read)")
+  value = record[field]
+  if not isinstance(value, str):
+    raise UserError(f"{path}:{line}: field '{field}' must be a string, got {type(value).__name__}")
+  try:
+    value.encode("utf-8")
+  except UnicodeEncodeError:  # A lone surrogate ("\ud800" in the JSON): not text any tokenizer takes.
+    value = value.encode("utf-8", "replace").decode("utf-8")
+  return value
+
+
+# ---------------------------------------------------------------------------------------
+# Mail.
+# ---------------------------------------------------------------------------------------
+
+HEADERS = ("From", "To", "Subject", "Date")
+
+
+def _mbox_texts(path):
+  box = mailbox.mbox(path, create=False)
+  try:
+    for key in box.iterkeys():  # In file order.
+      yield message_text(email.message_from_bytes(box.get_bytes(key), policy=email.policy.default))
+  finally:
+    box.close()
+
+
+def message_text(message):
+  """A few headers and the plain-text body of an `email.message.EmailMessage`."""
+  lines = []
+  for name in HEADERS:
+    try:
+      value = message.get(name)
+    except Exception:  # pylint: disable=broad-except  (a malformed header: keep it raw)
+      value = message.get_all(name, failobj=[None])[0]
+    if value is not None:
+      lines.append(f"{name}: {' '.join(str(value).split())}")
+  body = ""
+  part = message.get_body(preferencelist=("plain", "html"))
+  if part is not None:
+    body = _content(part)
+    if part.get_content_subtype() == "html":
+      body = _html_to_text(body)
+  return "\n".join(lines) + "\n\n" + body.replace("\r\n", "\n")
+
+
+def _content(part):
+  try:
+    return part.get_content()  # Decodes base64 / quoted-printable and the charset.
+  except (LookupError, UnicodeError, AssertionError, KeyError):  # An unknown or wrong charset.
+    payload = part.get_payload(decode=True) or b""
+    return payload.decode("utf-8", errors="replace")
+
+
+class _HTMLText(html.parser.HTMLParser):
+  BREAKS = {"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote"}
+
+  def __init__(self):
+    super().__init__(convert_charrefs=True)
+    self.parts, self._skip = [], 0
+
+  def handle_starttag(self, tag, attrs):
+    self._skip += tag in ("script", "style")
+    if tag in self.BREAKS:
+      self.parts.append("\n")
+
+  def handle_endtag(self, tag):
+    self._skip -= tag in ("script", "style") and self._skip > 0
+
+  def handle_data(self, data):
+    if not self._skip:
+      self.parts.append(data)
+
+
+def _html_to_text(markup):
+  parser = _HTMLText()
+  parser.feed(markup)
+  parser.close()
+  lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
+  return "\n".join(line for line in lines if line) + "\n"

@@ -1,0 +1,258 @@
+"""Llama: a decoder-only transformer that computes what Hugging Face transformers'
+`LlamaForCausalLM` computes, with its parameters named after HF's state dict so that a
+checkpoint converts by renaming and transposing:
+
+    HF state dict (torch Linear weights are [out, in])   params here (Flax kernels are [in, out])
+    model.embed_tokens.weight [V, D]                      embed_tokens/embedding [V, D]
+    model.layers.{i}.self_attn.{q,k,v,o}_proj.weight      layers_{i}/self_attn/{q,k,v,o}_proj/kernel  (.T)
+    model.layers.{i}.mlp.{gate,up,down}_proj.weight       layers_{i}/mlp/{gate,up,down}_proj/kernel   (.T)
+    model.layers.{i}.input_layernorm.weight               layers_{i}/input_layernorm/scale
+    model.layers.{i}.post_attention_layernorm.weight      layers_{i}/post_attention_layernorm/scale
+    model.norm.weight                                     norm/scale
+    lm_head.weight [V, D]                                 lm_head/kernel [D, V] (.T; absent when tied)
+
+With `scan_layers=True` the layers are one module `layers` whose arrays carry a leading
+axis of length num_layers: layers_0 .. layers_{L-1} stacked on axis 0.
+
+RoPE follows HF's "rotate_half" layout (dimension i pairs with i + head_dim/2); HF's
+converted checkpoints are permuted for it, Meta's original ones are not. Not implemented:
+`rope_scaling` (Llama 3.1+ "llama3" frequencies), attention/MLP biases, a KV cache.
+"""
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxtrain.errors import UserError
+from jaxtrain.models import MODELS
+
+# 'dots' saves the outputs of matmuls without batch dimensions: the weight projections
+# (q/k/v/o, gate/up/down), costly to recompute and only O(tokens x width) to keep; it
+# recomputes the norms, RoPE, SiLU and attention, whose batched einsums (batch and head
+# dims) and [T, T] probabilities are what make activations big at long sequence lengths.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,  # Keeps only each layer's input.
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class ConfigError(UserError, ValueError):
+  """A bad model config: a ValueError, and a UserError so the launcher prints one line."""
+
+
+def _init():
+  return nn.initializers.normal(stddev=0.02)  # HF's initializer_range.
+
+
+class RMSNorm(nn.Module):
+  eps: float
+  dtype: str
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    x = x.astype(jnp.float32)  # bfloat16 squares lose too much in the mean.
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+    return (x * scale).astype(self.dtype)
+
+
+def rope_tables(positions, head_dim, theta):
+  """cos and sin [B, T, 1, head_dim] (float32) for rotating queries and keys."""
+  inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x, cos, sin):
+  x32 = x.astype(jnp.float32)
+  first, second = jnp.split(x32, 2, axis=-1)
+  return (x32 * cos + jnp.concatenate([-second, first], axis=-1) * sin).astype(x.dtype)
+
+
+def _dense(features, dtype, name):
+  return nn.Dense(features, use_bias=False, dtype=dtype, kernel_init=_init(), name=name)
+
+
+class Attention(nn.Module):
+  dim: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  dtype: str
+
+  @nn.compact
+  def __call__(self, x, cos, sin, mask):
+    b, t, _ = x.shape
+    q = _dense(self.num_heads * self.head_dim, self.dtype, "q_proj")(x).reshape(b, t, self.num_heads, -1)
+    k = _dense(self.num_kv_heads * self.head_dim, self.dtype, "k_proj")(x).reshape(b, t, self.num_kv_heads, -1)
+    v = _dense(self.num_kv_heads * self.head_dim, self.dtype, "v_proj")(x).reshape(b, t, self.num_kv_heads, -1)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    # K and V keep their fewer heads (GQA is native here); the segment mask has one head
+    # that broadcasts over all, and is_causal adds the triangle. implementation=None is XLA
+    # in jax 0.10; 'cudnn' would take the mask as a dense [B, 1, T, T] bias.
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
+    return _dense(self.dim, self.dtype, "o_proj")(out.reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+  dim: int
+  mlp_dim: int
+  dtype: str
+
+  @nn.compact
+  def __call__(self, x):
+    gate = _dense(self.mlp_dim, self.dtype, "gate_proj")(x)
+    up = _dense(self.mlp_dim, self.dtype, "up_proj")(x)
+    return _dense(self.dim, self.dtype, "down_proj")(nn.silu(gate) * up)
+
+
+class Block(nn.Module):
+  """One decoder layer. Returns (x, None) so that nn.scan can carry x."""
+
+  dim: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  norm_eps: float
+  dropout: float
+  dtype: str
+  deterministic: bool  # A field, not an argument: nn.scan and nn.remat then need no static args.
+
+  @nn.compact
+  def __call__(self, x, cos, sin, mask):
+    drop = nn.Dropout(self.dropout, deterministic=self.deterministic)
+    h = RMSNorm(self.norm_eps, self.dtype, name="input_layernorm")(x)
+    h = Attention(self.dim, self.num_heads, self.num_kv_heads, self.head_dim, self.dtype, name="self_attn")(
+        h, cos, sin, mask)
+    x = x + drop(h)
+    h = RMSNorm(self.norm_eps, self.dtype, name="post_attention_layernorm")(x)
+    x = x + drop(MLP(self.dim, self.mlp_dim, self.dtype, name="mlp")(h))
+    return x, None
+
+
+@MODELS.register("llama")
+class Llama(nn.Module):
+  """Llama decoder. `__call__(tokens [B, T] int, *, train, segment_ids=None, positions=None)`
+  returns (logits float32 [B, T, vocab_size], {'pre_logits': final normed states [B, T, dim]}).
+
+  segment_ids [B, T]: packed documents; token i attends to j only if j <= i and both have the
+  same id (0 marks padding, which attends only to padding and so stays finite).
+  positions [B, T]: RoPE positions, default 0..T-1 in every row; with packing pass them
+  restarting at 0 in each document, as the documents alone would have them.
+  """
+
+  vocab_size: int
+  dim: int = 256
+  num_layers: int = 4
+  num_heads: int = 4
+  num_kv_heads: int | None = None  # None: num_heads (multi-head attention); fewer: grouped-query.
+  head_dim: int | None = None     # None: dim // num_heads.
+  mlp_dim: int | None = None      # None: Meta's rule, int(8 * dim / 3) rounded up to a multiple of 256.
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-5
+  tie_embeddings: bool = False
+  dropout: float = 0.0      # On the residual branches, in training only.
+  dtype: str = "float32"    # Of the computation; params stay float32, logits come back float32.
+  scan_layers: bool = False  # One nn.scan over stacked layers: compile time independent of depth.
+  remat: str = "none"       # Recompute activations in the backward pass: 'none', 'full' or 'dots'.
+
+  def __post_init__(self):
+    if self.remat not in REMAT_POLICIES:
+      raise ConfigError(f"model.remat must be one of {', '.join(map(repr, REMAT_POLICIES))}, got {self.remat!r}")
+    if self.num_heads % self.kv_heads:
+      raise ConfigError(f"model.num_kv_heads={self.kv_heads} must divide model.num_heads={self.num_heads}")
+    if self.head_dim is None and self.dim % self.num_heads:
+      raise ConfigError(f"model.num_heads={self.num_heads} must divide model.dim={self.dim} (or set head_dim)")
+    if self.head_size % 2:
+      raise ConfigError(f"the head dimension must be even for RoPE, got {self.head_size}")
+    super().__post_init__()
+
+  @property
+  def kv_heads(self):
+    return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+  @property
+  def head_size(self):
+    return self.dim // self.num_heads if self.head_dim is None else self.head_dim
+
+  @property
+  def hidden_size(self):
+    """The MLP width (Llama-2 7B: dim 4096 -> 11008)."""
+    return 256 * math.ceil(int(8 * self.dim / 3) / 256) if self.mlp_dim is None else self.mlp_dim
+
+  def flops_per_token(self, seq_len):
+    """Training FLOPs per token (the framework's MFU): see the function below."""
+    return flops_per_token(self, seq_len)
+
+  @nn.compact
+  def __call__(self, tokens, *, train, segment_ids=None, positions=None):
+    b, t = tokens.shape
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+    cos, sin = rope_tables(positions, self.head_size, self.rope_theta)
+    # [B, 1, T, T]: one head broadcasts over query and key-value heads alike.
+    mask = None if segment_ids is None else segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+
+    embed = nn.Embed(self.vocab_size, self.dim, dtype=self.dtype, embedding_init=_init(), name="embed_tokens")
+    x = embed(tokens)
+    block = Block
+    if self.remat != "none":
+      # prevent_cse guards against XLA merging the recomputation away; a scan body already does.
+      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
+    sizes = dict(dim=self.dim, num_heads=self.num_heads, num_kv_heads=self.kv_heads, head_dim=self.head_size,
+                 mlp_dim=self.hidden_size, norm_eps=self.norm_eps, dropout=self.dropout, dtype=self.dtype,
+                 deterministic=not train)
+    if self.scan_layers:
+      block = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.num_layers)
+      x, _ = block(**sizes, name="layers")(x, cos, sin, mask)
+    else:
+      for i in range(self.num_layers):
+        x, _ = block(**sizes, name=f"layers_{i}")(x, cos, sin, mask)
+    x = RMSNorm(self.norm_eps, self.dtype, name="norm")(x)
+
+    # Accumulate and return the logits in float32: bfloat16 logits would round the loss.
+    if self.tie_embeddings:
+      logits = jnp.einsum("btd,vd->btv", x, embed.embedding.astype(self.dtype), preferred_element_type=jnp.float32)
+    else:
+      logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, kernel_init=_init(), name="lm_head",
+                        dot_general=functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32))(x)
+    return logits.astype(jnp.float32), {"pre_logits": x}
+
+
+def sharding_rules(scan_layers=False, tie_embeddings=False):
+  """Megatron-style tensor parallelism for `parallel.rules`: q/k/v/gate/up split on their
+  output dim and o/down on their input dim (one all-reduce per attention and per MLP), the
+  embedding and lm_head on the vocabulary. Only 'tensor' is named: FSDP comes on top.
+  The patterns name `layers_N` or the scanned `layers`, so a rule set for the other layout
+  matches nothing instead of misplacing a stacked axis. With GQA, `tensor` must divide
+  num_kv_heads * head_dim (and, to split at head boundaries, num_kv_heads)."""
+  layers, lead = (r"(^|/)layers/", (None,)) if scan_layers else (r"(^|/)layers_\d+/", ())
+  rules = [
+      (layers + r"(self_attn/[qkv]_proj|mlp/(gate|up)_proj)/kernel$", lead + (None, "tensor")),
+      (layers + r"(self_attn/o_proj|mlp/down_proj)/kernel$", lead + ("tensor", None)),
+      (r"(^|/)embed_tokens/embedding$", ("tensor", None)),
+  ]
+  if not tie_embeddings:
+    rules.append((r"(^|/)lm_head/kernel$", (None, "tensor")))
+  return tuple(rules)
+
+
+def flops_per_token(model, seq_len):
+  """Training FLOPs per token (forward + backward = 3 x forward, 2 per multiply-add), as
+  MaxText counts them: 6 x (the layers' matmul params + the unembedding, counted once
+  whether tied or not; the embedding lookup is free) + attention's QK^T and PV.
+  Attention: the full square is 12 * L * T * heads * head_dim per token; we halve it for
+  the causal mask, as current MaxText does (older MaxText releases and PaLM's MFU count the
+  full square, so their MFU reads higher for the same speed)."""
+  d, hd = model.dim, model.head_size
+  per_layer = d * (model.num_heads + 2 * model.kv_heads) * hd + model.num_heads * hd * d + 3 * d * model.hidden_size
+  matmul_params = model.num_layers * per_layer + d * model.vocab_size
+  attention = 6 * model.num_layers * seq_len * model.num_heads * hd
+  return 6 * matmul_params + attention

@@ -1,0 +1,163 @@
+"""Language-model training end to end on real text (standard-library modules): the metrics
+and their exact counts, and the platform's guarantees for LM runs: exact resume after
+SIGKILL, and 8 (fake) devices train as one, whatever the mesh."""
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, load_experiment, read_checkpoint
+from jaxtrain import data, train
+from jaxtrain.config import Reader
+
+MODULES = ("textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "heapq.py", "colorsys.py",
+           "keyword.py", "calendar.py", "string.py", "copy.py", "queue.py", "locale.py", "gettext.py")
+TINY_LM = os.path.join(ROOT, "tests", "tiny_lm.py")
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("corpus")
+  for name in MODULES:
+    shutil.copy(os.path.join(sysconfig.get_paths()["stdlib"], name), directory / name)
+  return str(directory)
+
+
+def tiny_lm(corpus):
+  return load_experiment("../tests/tiny_lm").get_config(corpus)
+
+
+def read_rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+def test_an_lm_run_reports_loss_perplexity_and_bits_per_byte_over_every_held_out_token(tfds_dir, corpus, tmp_path):
+  workdir = str(tmp_path / "run")
+  train.run(tiny_lm(corpus), workdir)
+  rows = read_rows(workdir)
+  val = [r for r in rows if "val/loss" in r][-1]
+  train_rows = [r for r in rows if "train/loss" in r]
+  assert train_rows[-1]["train/loss"] < train_rows[0]["train/loss"] - 1.0
+  assert all(r["train/tokens_per_sec"] == pytest.approx(r["train/examples_per_sec"] * 32) for r in train_rows)
+  assert {"train/perplexity", "train/bits_per_byte", "train/accuracy"} <= set(train_rows[-1])
+
+  # The held-out split, opened as the evaluator opens it: every token counted exactly once.
+  section = Reader(tiny_lm(corpus)).input.data
+  source = data.open_from_config(section)
+  held_out = data.open_from_config(Reader({"split": "validation"}), like=source)
+  rows_ = held_out.read(np.arange(len(held_out)))
+  assert val["val/num_tokens"] == int(rows_["weights"].sum())
+  assert rows_["bytes"].sum() == held_out.num_bytes
+  assert val["val/num_examples"] == len(held_out)
+  assert val["val/perplexity"] == pytest.approx(math.exp(val["val/loss"]), rel=1e-6)
+  nats = val["val/loss"] * val["val/num_tokens"]
+  assert val["val/bits_per_byte"] == pytest.approx(nats / math.log(2) / held_out.num_bytes, rel=1e-6)
+
+
+def test_a_model_smaller_than_the_tokenizer_is_refused(tfds_dir, corpus):
+  c = tiny_lm(corpus)
+  c.model.vocab_size = 300
+  with pytest.raises(Exception, match=r"model.vocab_size=300 is smaller than the tokenizer's 384 ids; "
+                                      r"set model.vocab_size=384"):
+    train.build(c)
+
+
+# ---- Resume and devices (slow: separate processes) ------------------------------------------
+
+
+def launch(workdir, corpus, *more, devices=None):
+  env = dict(os.environ)
+  if devices:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return subprocess.Popen([sys.executable, "-m", "jaxtrain.launch", f"--config={TINY_LM}:{corpus}",
+                           f"--workdir={workdir}", *more], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env)
+
+
+def finish(workdir, corpus, *more, devices=None):
+  process = launch(workdir, corpus, *more, devices=devices)
+  _, stderr = process.communicate(timeout=600)
+  assert process.returncode == 0, stderr[-3000:]
+
+
+def comparable(rows):
+  return [{k: v for k, v in r.items() if not k.endswith(("_per_sec", "_seconds", "mfu"))} for r in rows]
+
+
+@pytest.mark.slow
+def test_an_lm_run_killed_twice_ends_as_if_never_stopped(tfds_dir, corpus, tmp_path):
+  more = ["--config.total_steps=120"]
+  reference = str(tmp_path / "reference")
+  finish(reference, corpus, *more)
+  workdir = str(tmp_path / "run")
+  for stop_after in (25, 75):
+    process = launch(workdir, corpus, *more)
+    while not any(r["step"] >= stop_after for r in (read_rows(workdir) if os.path.exists(
+        os.path.join(workdir, "metrics.jsonl")) else [])):
+      assert process.poll() is None, process.communicate()[1][-3000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+  finish(workdir, corpus, *more)
+  assert comparable(read_rows(workdir)) == comparable(read_rows(reference))
+  for a, b in zip(jax.tree.leaves(read_checkpoint(reference, 120)), jax.tree.leaves(read_checkpoint(workdir, 120)),
+                  strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+MESHES = {
+    "jit_data": [],
+    "jit_fsdp": ["--config.parallel.mesh.data=1", "--config.parallel.mesh.fsdp=-1", "--config.parallel.fsdp_min_size=0"],
+    "jit_data_fsdp_tensor": ["--config.parallel.mesh.data=2", "--config.parallel.mesh.fsdp=2",
+                             "--config.parallel.mesh.tensor=2", "--config.parallel.fsdp_min_size=0",
+                             "--config.parallel.rules=" + repr(__import__("jaxtrain.models.llama", fromlist=["x"])
+                                                               .sharding_rules())],
+    "pmap": ["--config.parallel.strategy=pmap"],
+}
+
+
+@pytest.mark.slow
+def test_an_lm_trains_on_8_devices_as_on_one_whatever_the_mesh(tfds_dir, corpus, tmp_path):
+  one = str(tmp_path / "one")
+  finish(one, corpus)
+  expected = comparable(read_rows(one))
+  for name, more in MESHES.items():
+    workdir = str(tmp_path / name)
+    finish(workdir, corpus, *more, devices=8)
+    got = comparable(read_rows(workdir))
+    assert [sorted(r) for r in got] == [sorted(r) for r in expected], name
+    for a, b in zip(got, expected):
+      for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=2e-5, atol=1e-6, err_msg=f"{name} {key} step {a['step']}")
+
+
+@pytest.mark.slow
+def test_two_processes_train_an_lm_as_one_process_with_two_devices(tfds_dir, corpus, tmp_path):
+  """The packed rows, the tokenizer and its cache are made by process 0 first and read by
+  both; each process feeds its half of every global batch."""
+  from test_multihost import free_port  # pylint: disable=import-outside-toplevel
+  one = str(tmp_path / "one")
+  finish(one, corpus, devices=2)
+  two = str(tmp_path / "two")
+  port = free_port()
+  fresh = f"--config.input.data.data_dir={tmp_path / 'fresh_data'}"  # The tokenizer and rows made anew.
+  processes = [launch(two, corpus, fresh, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                      f"--process_id={i}", devices=1) for i in range(2)]
+  for process in processes:
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+  assert len(os.listdir(tmp_path / "fresh_data" / "jaxtrain_text" / "tokenizers")) == 1
+  got, expected = comparable(read_rows(two)), comparable(read_rows(one))
+  assert [sorted(r) for r in got] == [sorted(r) for r in expected]
+  for a, b in zip(got, expected):
+    for key in a:
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=f"{key} step {a['step']}")
