@@ -5,6 +5,10 @@
 on every host. In a SLURM job step (srun) or on a Cloud TPU VM, JAX finds the other
 processes itself; elsewhere give `--coordinator_address=HOST:PORT --num_processes=N
 --process_id=I`, which go to `jax.distributed.initialize`.
+
+Failures a user can act on end as one line on stderr, `error: ...`, without a traceback:
+a mistake (exit status 2), a full disk (2), a checkpoint that does not restore (2), a
+lost peer process of a multi-process run (75, see peers.py).
 """
 
 import logging as std_logging
@@ -12,6 +16,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import traceback
 
 from absl import app
@@ -20,8 +25,10 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from jaxtrain import checkpoint
 from jaxtrain import evaluate
 from jaxtrain import parallel
+from jaxtrain import peers
 from jaxtrain import train
 from jaxtrain.errors import UserError
 from jaxtrain.preemption import Preempted
@@ -54,24 +61,84 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _LIBRARY_INFO.value:
     logging.get_absl_handler().addFilter(_QuietLibraries())
+  _quiet_disk_full_in_threads_and_atexit()
   cluster = parallel.join_processes(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if cluster:
     logging.info("Process %d of %d (found by %s).", jax.process_index(), jax.process_count(), cluster)
   config_file = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]  # Less ':arg'.
   if not os.path.isfile(config_file):
     _fail(f"--config={config_file}: no such file")
+  watch = peers.PeerWatch(_WORKDIR.value).start() if jax.process_count() > 1 else None
   try:
     if _MODE.value == "eval":
       evaluate.run(_CONFIG.value, _WORKDIR.value, _STEP.value)
     else:
       train.run(_CONFIG.value, _WORKDIR.value)
-  except Preempted as e:
-    logging.warning("%s", e)
+  except BaseException as e:  # pylint: disable=broad-except
+    lost = peers.lost_peer(e)
+    if lost:
+      peers.exit_lost(lost, _WORKDIR.value)  # One line, then os._exit: no barrier waits for the dead process.
+    if watch:
+      watch.bye()  # This process leaves on purpose: the others are not to take it for a crash.
+    _report(e)
+    raise
+  if watch:
+    watch.bye()
+  if _DISK_FULL_SEEN:  # A thread's write failed (quietly, see below), and nothing else did.
+    logging.warning("A write failed: %s.", _DISK_FULL_SEEN[0])
+
+
+def _report(error):
+  """Ends the process for the failures a user can act on; returns for any other."""
+  if checkpoint.disk_full(error) is not None:
+    _DISK_FULL_SEEN.append(error)  # Later ENOSPC tracebacks of other threads are this one's echo.
+  if isinstance(error, Preempted):
+    logging.warning("%s", error)
     sys.exit(128 + signal.SIGTERM)  # As if the signal had ended it: the job is not finished.
-  except UserError as e:
+  if isinstance(error, UserError):
     if _TRACEBACK.value:
       traceback.print_exc()
-    _fail(str(e))
+    _fail(str(error))
+  if checkpoint.disk_full(error) is not None:
+    # Orbax's DiskFull may be the context of a later ENOSPC (the metrics writer's close).
+    full = next((e for e in peers.chain(error) if isinstance(e, checkpoint.DiskFull)), None)
+    if _TRACEBACK.value:
+      traceback.print_exc()
+    workdir = os.path.abspath(_WORKDIR.value)
+    _fail(str(full) if full else checkpoint.disk_full_message(
+        workdir, f"writing to it failed ({checkpoint.disk_full(error)})",
+        checkpoints=os.path.join(workdir, "checkpoints")))
+
+
+_DISK_FULL_SEEN = []
+
+
+def _quiet_disk_full_in_threads_and_atexit():
+  """A full disk fails more writes than the one reported: TensorBoard's writer thread and
+  its atexit flush each print an ENOSPC traceback (measured on a full 4 MiB tmpfs: 3 more
+  tracebacks after the save's). The run reports the full disk in one line (see `_report`);
+  those are dropped here. Any other exception in a thread or at exit still prints."""
+  previous_thread_hook, previous_unraisable_hook = threading.excepthook, sys.unraisablehook
+
+  def thread_hook(args):
+    if args.exc_value is not None and checkpoint.disk_full(args.exc_value) is not None:
+      _DISK_FULL_SEEN.append(args.exc_value)
+    elif _DISK_FULL_SEEN and _in_tensorboard(args.exc_traceback):
+      pass  # Its writer's close failed on the full disk, and its thread then reads a closed queue.
+    else:
+      previous_thread_hook(args)
+
+  def unraisable_hook(unraisable):
+    if unraisable.exc_value is not None and checkpoint.disk_full(unraisable.exc_value) is not None:
+      _DISK_FULL_SEEN.append(unraisable.exc_value)
+    else:
+      previous_unraisable_hook(unraisable)
+
+  threading.excepthook, sys.unraisablehook = thread_hook, unraisable_hook
+
+
+def _in_tensorboard(tb):
+  return any("/tensorboardX/" in frame.filename for frame in traceback.extract_tb(tb)) if tb else False
 
 
 def _fail(message):

@@ -257,13 +257,17 @@ def run(config, workdir):
                           f"to {workdir}/checkpoints_set_aside", e.step, e.first_bad_state) from None
     raise
   finally:
-    if ckpt:
-      ckpt.close()  # Waits for a save in flight.
-    if writer:
-      writer.close()
-    preemption.stop()
-    if lock:
-      lock.release()
+    try:
+      if ckpt:
+        ckpt.close()  # Waits for a save in flight.
+    finally:  # Each runs even if one before it raises (a full disk fails several).
+      try:
+        if writer:
+          writer.close()
+      finally:
+        preemption.stop()
+        if lock:
+          lock.release()
   return last
 
 
