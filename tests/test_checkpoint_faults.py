@@ -20,7 +20,8 @@ import sys
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import ROOT, load_experiment
+from conftest import ROOT
+from test_train import tiny_config
 from jaxtrain import checkpoint
 from jaxtrain import checkpoint_faults
 from jaxtrain import launch
@@ -28,29 +29,11 @@ from jaxtrain import train
 from jaxtrain.errors import UserError
 
 
-def small_config(total_steps=30):
-  """The digits MLP in seconds: 32 examples a step, a log, an evaluation and a checkpoint every 10."""
-  c = load_experiment("digits").get_config("mlp")
-  c.total_epochs = None
-  c.total_steps = total_steps
-  c.log_every_steps = 10
-  c.input.batch_size = 32
-  c.model.hidden = (32,)
-  c.schedule.warmup_epochs = None
-  c.schedule.warmup_steps = 5
-  c.evals.val.every_epochs = None
-  c.evals.val.every_steps = 10
-  c.checkpoint.every_epochs = None
-  c.checkpoint.every_steps = 10
-  c.checkpoint.keep = 5
-  return c
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tfds_dir, tmp_path_factory):
   """A whole run of 30 steps: checkpoints 10, 20 and 30."""
   workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
-  train.run(small_config(), workdir)
+  train.run(tiny_config(), workdir)
   return workdir
 
 
@@ -120,7 +103,7 @@ def test_a_restore_error_that_is_not_damage_stops_the_run_and_moves_nothing(trai
 
   monkeypatch.setattr(ocp.CheckpointManager, "restore", fails)
   with pytest.raises(checkpoint.RestoreFailed) as e:
-    train.run(small_config(), workdir)
+    train.run(tiny_config(), workdir)
   message = str(e.value)
   assert message.startswith(f"could not restore checkpoint {workdir}/checkpoints/20: {expected}"), message
   assert "\n" not in message
@@ -135,7 +118,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_once_the_one_before_restores(t
   workdir = copy_of(trained_20, tmp_path)
   damage(workdir, 20)
   with caplog.at_level(std_logging.WARNING):
-    train.run(small_config(), workdir)
+    train.run(tiny_config(), workdir)
   [warning] = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
   assert warning.startswith(f"checkpoint {workdir}/checkpoints/20 is damaged (params, array ")
   assert "OUT_OF_RANGE" in warning and "is not valid for value of size 10" in warning
@@ -154,7 +137,7 @@ def test_when_no_checkpoint_restores_the_run_stops_and_moves_nothing(trained_20,
     damage(workdir, step)
   before = snapshot(workdir)
   with pytest.raises(UserError) as e:
-    train.run(small_config(), workdir)
+    train.run(tiny_config(), workdir)
   message = str(e.value)
   which = "the only one is damaged" if len(damaged) == 1 else f"all {len(damaged)} are damaged"
   assert message.startswith(f"no checkpoint in {workdir}/checkpoints restores: {which} ({damaged[0]}: params, "
@@ -182,7 +165,7 @@ def test_a_damaged_newest_then_a_restore_error_moves_neither(trained_20, tmp_pat
   with pytest.raises(UserError, match=r"^could not restore checkpoint .*/10: OSError: \[Errno 5\] Input/output error; "
                                       r"nothing was moved; .* \(the newer checkpoint 20 is damaged, and stayed where "
                                       r"it was\)$"):
-    train.run(small_config(), workdir)
+    train.run(tiny_config(), workdir)
   assert snapshot(workdir) == before
 
 
@@ -238,7 +221,7 @@ def test_damage_is_found_by_reading_the_checkpoint_and_orbax_fails_on_it_too(tra
   assert expected in (checkpoint.find_damage(path) or "")
   shutil.rmtree(os.path.join(workdir, "checkpoints", "10"))
   with pytest.raises(UserError, match=f"restores: the only one is damaged \\(20: .*{expected[:20]}"):
-    train.run(small_config(), workdir)  # Orbax cannot restore it either; the run says why in one line.
+    train.run(tiny_config(), workdir)  # Orbax cannot restore it either; the run says why in one line.
 
 
 def test_a_storage_error_while_checking_is_no_evidence_of_damage(trained_20, tmp_path, monkeypatch):
@@ -270,7 +253,7 @@ def test_a_save_on_a_full_disk_is_one_line_naming_the_directory_and_the_checkpoi
 
   monkeypatch.setattr(ocp.CheckpointManager, "save", full_after_20)
   with pytest.raises(checkpoint.DiskFull) as e:
-    train.run(small_config(), workdir)
+    train.run(tiny_config(), workdir)
   message = str(e.value)
   assert message.startswith(f"the disk holding {workdir}/checkpoints is full (")
   assert message.endswith("saving a checkpoint failed; free space there (or lower checkpoint.keep) and run the "
