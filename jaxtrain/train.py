@@ -37,12 +37,16 @@ class Data:
   source: Any             # The training split (len, read(indices)).
   batch_size: int
   steps_per_epoch: int
-  durations: dict         # steps_per_epoch and batch_size: for config_lib.steps.
   first_batch: Any        # This process's first batch: shapes for compiling.
   train_ds: Any           # Grain MapDataset of this process's batches.
   num_threads: int
   prefetch: int
   data_dir: str | None
+
+  @property
+  def durations(self):
+    """What `config_lib.steps` needs to turn epochs and examples into steps."""
+    return dict(steps_per_epoch=self.steps_per_epoch, batch_size=self.batch_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +106,7 @@ def build_data(cfg, strategy, seed, accumulate_steps=1):
   train_ds = data.pipeline.train_dataset(
       source, preprocess=data.ops.parse(cfg.input.get("pp", "")), global_batch_size=batch_size, seed=seed,
       process_index=strategy.process_index, process_count=strategy.process_count)
-  return Data(source=source, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
-              durations=dict(steps_per_epoch=steps_per_epoch, batch_size=batch_size), first_batch=train_ds[0],
+  return Data(source=source, batch_size=batch_size, steps_per_epoch=steps_per_epoch, first_batch=train_ds[0],
               train_ds=train_ds, num_threads=cfg.input.get("num_threads", 2, minimum=1),
               prefetch=cfg.input.get("prefetch", 4, minimum=1), data_dir=data_dir)
 

@@ -67,7 +67,7 @@ def prepare(parallel):
   """(run(num_steps) -> steps/s, bytes of train state per device) for one strategy."""
   exp = train.build(config_for(parallel))
   state = exp.strategy.init(exp.create, exp.abstract_state)
-  batches = [exp.strategy.shard(exp.train_ds[k]) for k in range(8)]
+  batches = [exp.strategy.shard(exp.data.train_ds[k]) for k in range(8)]
 
   def run(num_steps):
     nonlocal state
