@@ -64,7 +64,8 @@ class Checkpointer:
                        "data": _DataHandler(), "metadata": ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-            create=not read_only, read_only=read_only, enable_async_checkpointing=True),
+            create=not read_only, read_only=read_only, enable_async_checkpointing=True,
+            save_interval_steps=0 if read_only else 1),  # Orbax warns when read_only has it at 1.
     )
 
   def due(self, step, total_steps):

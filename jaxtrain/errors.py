@@ -5,6 +5,7 @@ Every message names the problem and, where it can, the fix.
 """
 
 import difflib
+import sys
 
 
 class UserError(Exception):
@@ -21,3 +22,9 @@ def first_line(error, limit=300):
   """The first non-empty line of an exception's message (library errors run to pages)."""
   line = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
   return line[:limit]
+
+
+def exit_with(message):
+  """A user's mistake ends a command: one line on stderr, no traceback, exit status 2."""
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+  sys.exit(2)

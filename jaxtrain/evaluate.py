@@ -13,6 +13,7 @@ from absl import logging
 
 from jaxtrain import checkpoint
 from jaxtrain import config as config_lib
+from jaxtrain import evals
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import train
 from jaxtrain.errors import UserError
@@ -45,6 +46,7 @@ def run(config, workdir, step=None):
     for scheduled in evaluators:
       result = scheduled.evaluator.run(variables)
       writer.write(step, {f"{scheduled.name}/{k}": v for k, v in result.items()})
+      writer.write_texts(step, scheduled.name, evals.texts_of(scheduled.evaluator))
       metrics_lib.log(metrics_lib.eval_line(scheduled.name, result))
       results.update({f"{scheduled.name}/{k}": v for k, v in result.items()})
   finally:

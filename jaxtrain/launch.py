@@ -30,7 +30,7 @@ from jaxtrain import evaluate
 from jaxtrain import parallel
 from jaxtrain import peers
 from jaxtrain import train
-from jaxtrain.errors import UserError
+from jaxtrain.errors import UserError, exit_with
 from jaxtrain.preemption import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -141,10 +141,7 @@ def _in_tensorboard(tb):
   return any("/tensorboardX/" in frame.filename for frame in traceback.extract_tb(tb)) if tb else False
 
 
-def _fail(message):
-  """A user's mistake: one line on stderr, no traceback, exit status 2."""
-  print(f"error: {' '.join(message.split())}", file=sys.stderr)
-  sys.exit(2)
+_fail = exit_with  # A user's mistake: one line on stderr, no traceback, exit status 2.
 
 
 def _parse_flags(argv):

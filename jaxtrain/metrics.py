@@ -24,9 +24,12 @@ class Writer:
       return
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     path = os.path.join(workdir, "metrics.jsonl")
+    self._samples_path = os.path.join(workdir, "samples.jsonl")
     if start_step is not None:
       _drop_rows_after(path, start_step)
+      _drop_rows_after(self._samples_path, start_step)
     self._jsonl = open(path, "a", encoding="utf-8")
+    self._samples = None  # Opened at the first text.
     # purge_step hides the events an interrupted run wrote after the checkpoint.
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30,
                              purge_step=None if start_step is None else start_step + 1)
@@ -41,9 +44,25 @@ class Writer:
       if key != "step" and isinstance(value, (int, float)):
         self._tb.add_scalar(key, value, global_step=step)
 
+  def write_texts(self, step, name, records):
+    """Text an evaluator made (e.g. {'prompt', 'completion'} dicts): a row each in
+    samples.jsonl, and one TensorBoard text entry '<name>/samples'."""
+    if not self.enabled or not records:
+      return
+    if self._samples is None:
+      self._samples = open(self._samples_path, "a", encoding="utf-8")
+    for record in records:
+      self._samples.write(json.dumps({"step": int(step), "evaluator": name, **record}, ensure_ascii=False) + "\n")
+    self._samples.flush()
+    # Markdown: each field as a fenced block keeps code's indentation.
+    text = "\n\n".join("\n".join(f"**{key}**\n```\n{value}\n```" for key, value in record.items()) for record in records)
+    self._tb.add_text(f"{name}/samples", text, global_step=step)
+
   def close(self):
     if self.enabled:
       self._jsonl.close()
+      if self._samples:
+        self._samples.close()
       self._tb.close()
 
 

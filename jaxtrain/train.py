@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import traceback
 from typing import Any
 
@@ -204,6 +205,7 @@ def run(config, workdir):
       state = strategy.init(exp.create, exp.abstract_state)
     first_step = int(state.step)
     _write_config(workdir, config, first_step)
+    _keep_tokenizer(workdir, getattr(exp.data.source, "tokenizer", None))
     writer = metrics_lib.Writer(workdir, start_step=first_step)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     processes = f"{jax.process_count()} process" + ("es" if jax.process_count() > 1 else "")
@@ -241,6 +243,7 @@ def run(config, workdir):
             result = scheduled.evaluator.run(step_lib.variables_of(state))
             row = {f"{scheduled.name}/{k}": v for k, v in result.items()}
             writer.write(step, row)
+            writer.write_texts(step, scheduled.name, evals.texts_of(scheduled.evaluator))
             metrics_lib.log(metrics_lib.eval_line(scheduled.name, result))
             written.update(row)
           # After the evaluations: a saved step always has its rows, so a resume never skips one.
@@ -391,6 +394,21 @@ def _write_config(workdir, config, first_step):
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     f.write(text)
   os.replace(path + ".tmp", path)
+
+
+def _keep_tokenizer(workdir, tokenizer):
+  """A copy of the run's tokenizer beside config.json (and its tokenizer_config.json, which
+  names the special tokens): `jaxtrain.lm.load` and `export` need no data cache."""
+  if tokenizer is None or jax.process_index() != 0:
+    return
+  names = {tokenizer.path: "tokenizer.model" if tokenizer.kind == "sentencepiece" else "tokenizer.json"}
+  special = os.path.join(os.path.dirname(tokenizer.path), "tokenizer_config.json")
+  if tokenizer.kind != "sentencepiece" and os.path.exists(special):
+    names[special] = "tokenizer_config.json"
+  for source, name in names.items():
+    path = os.path.join(workdir, name)
+    shutil.copyfile(source, path + ".tmp")
+    os.replace(path + ".tmp", path)
 
 
 def _flat(tree, prefix=""):

@@ -37,8 +37,9 @@ def tiny_lm(corpus):
 
 
 def read_rows(workdir):
+  # A running job may be mid-way through a line: read complete lines only.
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    return [json.loads(line) for line in f]
+    return [json.loads(line) for line in f if line.endswith("\n")]
 
 
 def test_an_lm_run_reports_loss_perplexity_and_bits_per_byte_over_every_held_out_token(tfds_dir, corpus, tmp_path):

@@ -82,6 +82,12 @@ def open_from_config(data, default_data_dir=None, like=None):
   return _packed(dataset, split, tokenizer, seq_len, data_dir)
 
 
+def tokenizer_from_config(data):
+  """The tokenizer that the data section `data` (a config Reader) names, or trains: what a
+  run with this section as input.data tokenizes with."""
+  return _tokenizer(data, _dataset(data, None), data.get("data_dir", kind=str), None)
+
+
 def _dataset(data, inherited):
   """What to read, as a plain dict: {'name', 'field'} or {'format', 'files', ...}."""
   base = inherited if inherited and not any(key in data for key in ("name", "files", "format")) else {}

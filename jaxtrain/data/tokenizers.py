@@ -67,6 +67,10 @@ class Tokenizer:
     """The text of `ids`; special tokens (bos, eos, pad) are dropped."""
     raise NotImplementedError
 
+  def id_to_token(self, i):
+    """The vocabulary entry of id `i` ('<s>', '▁def', 'Ġdef')."""
+    raise NotImplementedError
+
   def encode_with_bytes(self, texts):
     """For each text: (ids int32 [n], bytes int64 [n]), bytes summing to len(text.encode())."""
     raise NotImplementedError
@@ -109,6 +113,9 @@ class SentencePieceTokenizer(Tokenizer):
 
   def decode(self, ids):
     return self._sp.decode([int(i) for i in ids])
+
+  def id_to_token(self, i):
+    return self._sp.id_to_piece(int(i))
 
   def encode_with_bytes(self, texts):
     # Byte offsets into each text's UTF-8. A character spelled with byte-fallback pieces
@@ -171,6 +178,9 @@ class HuggingFaceTokenizer(Tokenizer):
 
   def decode(self, ids):
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+  def id_to_token(self, i):
+    return self._tok.id_to_token(int(i))
 
   def encode_with_bytes(self, texts):
     # Offsets are in characters; a byte-level token holding part of a character gets the

@@ -17,6 +17,8 @@ may name one). What an evaluator may ask of the Context:
             per-example arrays of every real example on the host (features for a probe,
             per-choice scores);
   its own:  whatever else it compiles with `context.compile` (or jax.jit) itself.
+An evaluator that also makes text (samples) has `texts()`: records (dicts of strings) of its
+last run, which go to samples.jsonl and TensorBoard's text tab, never to metrics.jsonl.
 Register new ones with `@EVALUATORS.register('type')`, or name one as 'module.path:Class'.
 """
 
@@ -71,6 +73,11 @@ def gather(compiled, variables, batches, strategy):
   return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
 
+def texts_of(evaluator):
+  """The text records of an evaluator's last run ([] for those that make none)."""
+  return evaluator.texts() if hasattr(evaluator, "texts") else []
+
+
 @dataclasses.dataclass
 class Scheduled:
   name: str
@@ -92,4 +99,4 @@ def build_all(evals_config, context, durations):
   return scheduled
 
 
-from jaxtrain.evals import task_metrics  # pylint: disable=wrong-import-position,unused-import
+from jaxtrain.evals import samples, task_metrics  # pylint: disable=wrong-import-position,unused-import

@@ -15,8 +15,14 @@ With `scan_layers=True` the layers are one module `layers` whose arrays carry a 
 axis of length num_layers: layers_0 .. layers_{L-1} stacked on axis 0.
 
 RoPE follows HF's "rotate_half" layout (dimension i pairs with i + head_dim/2); HF's
-converted checkpoints are permuted for it, Meta's original ones are not. Not implemented:
-`rope_scaling` (Llama 3.1+ "llama3" frequencies), attention/MLP biases, a KV cache.
+converted checkpoints are permuted for it, Meta's original ones are not. `rope_scaling`
+takes HF's "llama3" (Llama 3.1+) and "linear" frequencies. Not implemented: attention/MLP
+biases.
+
+Decoding with a KV cache (`jaxtrain.sampling`): pass `cache` (from `init_cache`), the slot
+`cache_index` where `tokens` go, and `key_valid` [B, S] (False on left padding); the model
+writes the new keys and values there, attends to every valid slot up to its own, and returns
+the updated cache as `out['cache']`.
 """
 
 import functools
@@ -60,9 +66,32 @@ class RMSNorm(nn.Module):
     return (x * scale).astype(self.dtype)
 
 
-def rope_tables(positions, head_dim, theta):
-  """cos and sin [B, T, 1, head_dim] (float32) for rotating queries and keys."""
+ROPE_SCALINGS = ("default", "llama3", "linear")
+
+
+def rope_frequencies(head_dim, theta, scaling=None):
+  """The inverse wavelengths [head_dim / 2] of RoPE, with HF's `rope_scaling` applied.
+
+  'llama3' (Llama 3.1+): wavelengths longer than original_max_position_embeddings /
+  low_freq_factor are stretched by `factor`, those shorter than .../high_freq_factor kept,
+  and the band between interpolated linearly in original_max_position_embeddings / wavelength.
+  'linear': every frequency divided by `factor` (positions squeezed)."""
   inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  kind = (scaling or {}).get("rope_type", "default")
+  if kind == "linear":
+    return inv_freq / scaling["factor"]
+  if kind == "llama3":
+    factor, context = scaling["factor"], scaling["original_max_position_embeddings"]
+    low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+    ratio = context * inv_freq / (2 * math.pi)  # original context / wavelength.
+    blend = jnp.clip((ratio - low) / (high - low), 0.0, 1.0)  # 0: stretch fully, 1: keep.
+    return (1 - blend) * inv_freq / factor + blend * inv_freq
+  return inv_freq
+
+
+def rope_tables(positions, head_dim, theta, scaling=None):
+  """cos and sin [B, T, 1, head_dim] (float32) for rotating queries and keys."""
+  inv_freq = rope_frequencies(head_dim, theta, scaling)
   angles = positions.astype(jnp.float32)[..., None] * inv_freq
   angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
   return jnp.cos(angles), jnp.sin(angles)
@@ -86,17 +115,22 @@ class Attention(nn.Module):
   dtype: str
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask):
+  def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
     b, t, _ = x.shape
     q = _dense(self.num_heads * self.head_dim, self.dtype, "q_proj")(x).reshape(b, t, self.num_heads, -1)
     k = _dense(self.num_kv_heads * self.head_dim, self.dtype, "k_proj")(x).reshape(b, t, self.num_kv_heads, -1)
     v = _dense(self.num_kv_heads * self.head_dim, self.dtype, "v_proj")(x).reshape(b, t, self.num_kv_heads, -1)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if cache is not None:  # Decoding: attend to the cache with this call's keys written in.
+      at = (0, cache_index, 0, 0)
+      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), at)
+      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)
+      cache = {"k": k, "v": v}
     # K and V keep their fewer heads (GQA is native here); the segment mask has one head
     # that broadcasts over all, and is_causal adds the triangle. implementation=None is XLA
     # in jax 0.10; 'cudnn' would take the mask as a dense [B, 1, T, T] bias.
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
-    return _dense(self.dim, self.dtype, "o_proj")(out.reshape(b, t, -1))
+    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, is_causal=cache is None)
+    return _dense(self.dim, self.dtype, "o_proj")(out.reshape(b, t, -1)), cache
 
 
 class MLP(nn.Module):
@@ -112,7 +146,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """One decoder layer. Returns (x, None) so that nn.scan can carry x."""
+  """One decoder layer. Returns (x, updated cache or None): nn.scan carries x and stacks
+  the caches."""
 
   dim: int
   num_heads: int
@@ -125,15 +160,15 @@ class Block(nn.Module):
   deterministic: bool  # A field, not an argument: nn.scan and nn.remat then need no static args.
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask):
+  def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
     drop = nn.Dropout(self.dropout, deterministic=self.deterministic)
     h = RMSNorm(self.norm_eps, self.dtype, name="input_layernorm")(x)
-    h = Attention(self.dim, self.num_heads, self.num_kv_heads, self.head_dim, self.dtype, name="self_attn")(
-        h, cos, sin, mask)
+    h, cache = Attention(self.dim, self.num_heads, self.num_kv_heads, self.head_dim, self.dtype, name="self_attn")(
+        h, cos, sin, mask, cache, cache_index)
     x = x + drop(h)
     h = RMSNorm(self.norm_eps, self.dtype, name="post_attention_layernorm")(x)
     x = x + drop(MLP(self.dim, self.mlp_dim, self.dtype, name="mlp")(h))
-    return x, None
+    return x, cache
 
 
 @MODELS.register("llama")
@@ -145,6 +180,8 @@ class Llama(nn.Module):
   same id (0 marks padding, which attends only to padding and so stays finite).
   positions [B, T]: RoPE positions, default 0..T-1 in every row; with packing pass them
   restarting at 0 in each document, as the documents alone would have them.
+  cache, cache_index, key_valid: decoding, see the module doc. only_last: logits of the
+  last position alone, [B, 1, vocab_size] (a prompt's prefill needs no more).
   """
 
   vocab_size: int
@@ -155,6 +192,7 @@ class Llama(nn.Module):
   head_dim: int | None = None     # None: dim // num_heads.
   mlp_dim: int | None = None      # None: Meta's rule, int(8 * dim / 3) rounded up to a multiple of 256.
   rope_theta: float = 10000.0
+  rope_scaling: dict | None = None  # HF's: {'rope_type': 'llama3', 'factor': 8.0, ...}, see rope_frequencies.
   norm_eps: float = 1e-5
   tie_embeddings: bool = False
   dropout: float = 0.0      # On the residual branches, in training only.
@@ -171,6 +209,7 @@ class Llama(nn.Module):
       raise ConfigError(f"model.num_heads={self.num_heads} must divide model.dim={self.dim} (or set head_dim)")
     if self.head_size % 2:
       raise ConfigError(f"the head dimension must be even for RoPE, got {self.head_size}")
+    _check_rope_scaling(self.rope_scaling)
     super().__post_init__()
 
   @property
@@ -191,13 +230,17 @@ class Llama(nn.Module):
     return flops_per_token(self, seq_len)
 
   @nn.compact
-  def __call__(self, tokens, *, train, segment_ids=None, positions=None):
+  def __call__(self, tokens, *, train, segment_ids=None, positions=None, cache=None, cache_index=None,
+               key_valid=None, only_last=False):
     b, t = tokens.shape
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(t), (b, t))
-    cos, sin = rope_tables(positions, self.head_size, self.rope_theta)
+    cos, sin = rope_tables(positions, self.head_size, self.rope_theta, self.rope_scaling)
     # [B, 1, T, T]: one head broadcasts over query and key-value heads alike.
     mask = None if segment_ids is None else segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    if cache is not None:  # [B, 1, T, S]: valid slots up to each query's own.
+      slots = jnp.arange(key_valid.shape[1])
+      mask = key_valid[:, None, None, :] & (slots <= cache_index + jnp.arange(t)[:, None])[None, None]
 
     embed = nn.Embed(self.vocab_size, self.dim, dtype=self.dtype, embedding_init=_init(), name="embed_tokens")
     x = embed(tokens)
@@ -208,14 +251,20 @@ class Llama(nn.Module):
     sizes = dict(dim=self.dim, num_heads=self.num_heads, num_kv_heads=self.kv_heads, head_dim=self.head_size,
                  mlp_dim=self.hidden_size, norm_eps=self.norm_eps, dropout=self.dropout, dtype=self.dtype,
                  deterministic=not train)
-    if self.scan_layers:
+    if self.scan_layers:  # The cache's arrays are stacked over layers too: scanned along axis 0.
       block = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.num_layers)
-      x, _ = block(**sizes, name="layers")(x, cos, sin, mask)
-    else:
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast), length=self.num_layers)
+      x, cache = block(**sizes, name="layers")(x, cos, sin, mask, cache, cache_index)
+    else:  # One cache per layer: each updated in place, where slicing a stacked one would copy it.
+      caches = []
       for i in range(self.num_layers):
-        x, _ = block(**sizes, name=f"layers_{i}")(x, cos, sin, mask)
+        x, layer_cache = block(**sizes, name=f"layers_{i}")(x, cos, sin, mask, None if cache is None else cache[i],
+                                                            cache_index)
+        caches.append(layer_cache)
+      cache = None if cache is None else caches
     x = RMSNorm(self.norm_eps, self.dtype, name="norm")(x)
+    if only_last:
+      x = x[:, -1:]
 
     # Accumulate and return the logits in float32: bfloat16 logits would round the loss.
     if self.tie_embeddings:
@@ -223,7 +272,33 @@ class Llama(nn.Module):
     else:
       logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, kernel_init=_init(), name="lm_head",
                         dot_general=functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32))(x)
-    return logits.astype(jnp.float32), {"pre_logits": x}
+    out = {"pre_logits": x}
+    if cache is not None:
+      out["cache"] = cache
+    return logits.astype(jnp.float32), out
+
+  def init_cache(self, batch_size, length, dtype=None):
+    """An empty KV cache for `length` slots: {'k', 'v'} of [B, length, kv_heads, head_dim]
+    per layer (a list), or stacked on a leading layer axis with scan_layers (nn.scan then
+    slices and restacks it at each call: one copy of the cache per decoded token)."""
+    shape = (batch_size, length, self.kv_heads, self.head_size)
+    layer = lambda: {"k": jnp.zeros(shape, dtype or self.dtype), "v": jnp.zeros(shape, dtype or self.dtype)}  # noqa: E731
+    if self.scan_layers:
+      return jax.tree.map(lambda a: jnp.broadcast_to(a, (self.num_layers,) + a.shape), layer())
+    return [layer() for _ in range(self.num_layers)]
+
+
+def _check_rope_scaling(scaling):
+  if scaling is None:
+    return
+  kind = scaling.get("rope_type", "default") if hasattr(scaling, "get") else None
+  if kind not in ROPE_SCALINGS:
+    raise ConfigError(f"model.rope_scaling must be a dict with rope_type one of {', '.join(ROPE_SCALINGS)}, "
+                      f"got {scaling!r}")
+  needed = {"linear": ("factor",), "llama3": ("factor", "original_max_position_embeddings")}.get(kind, ())
+  missing = [key for key in needed if key not in scaling]
+  if missing:
+    raise ConfigError(f"model.rope_scaling of rope_type '{kind}' needs {', '.join(missing)}")
 
 
 def sharding_rules(scan_layers=False, tie_embeddings=False):

@@ -1,0 +1,53 @@
+"""Samples from a language model during training, for fixed prompts.
+
+    config.evals.samples = dict(type='samples', prompts=('def ', 'class Stack:'),
+                                max_new_tokens=64, every_steps=200)
+
+Optional keys: temperature (0.0: greedy), top_k, top_p, seed (0), stop (strings).
+The completions go to the run's samples.jsonl ({"step", "evaluator", "prompt",
+"completion"}, one row per prompt) and to TensorBoard's text tab; metrics.jsonl gets only
+numbers: mean_new_chars, the completions' mean length in characters.
+"""
+
+from jaxtrain import sampling
+from jaxtrain.errors import UserError
+from jaxtrain.evals import EVALUATORS
+
+
+@EVALUATORS.register("samples")
+class Samples:
+  metric_names = ("mean_new_chars",)
+
+  def __init__(self, config, context):
+    if not hasattr(context.model, "init_cache"):
+      raise UserError(f"evaluator '{config.path('type')}'='samples' needs a language model that decodes with a KV "
+                      f"cache (model 'llama'), not {type(context.model).__name__}")
+    self.tokenizer = getattr(context.train_source, "tokenizer", None)
+    if self.tokenizer is None:
+      raise UserError(f"evaluator '{config.path('type')}'='samples' needs text training data (input.data with a "
+                      f"tokenizer)")
+    prompts = config.prompts
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+      raise UserError(f"config key '{config.path('prompts')}' must be a non-empty list of strings, got {prompts!r}")
+    self.prompts = list(prompts)
+    stop = config.get("stop", ())
+    self.options = dict(
+        context_length=context.train_source.seq_len, max_new_tokens=config.get("max_new_tokens", 64, minimum=1),
+        temperature=config.get("temperature", 0.0, kind=float, minimum=0.0), top_k=config.get("top_k", kind=int),
+        top_p=config.get("top_p", kind=float), seed=config.get("seed", 0, minimum=0),
+        stop=[stop] if isinstance(stop, str) else list(stop))
+    self.sampler = sampling.Sampler(context.model, None, pad_id=self.tokenizer.pad_id,
+                                    eos_ids=[] if self.tokenizer.eos_id is None else [self.tokenizer.eos_id])
+    # The prompts must fit the context now, not at the first evaluation; the sampler itself
+    # compiles on its first run (its shapes depend on the prompts' bucket, known only then).
+    sampling.prompt_ids(self.tokenizer, self.prompts, self.options["context_length"], where=config.path("prompts"))
+    self._texts = []
+
+  def run(self, variables):
+    completions = sampling.complete(self.sampler, self.tokenizer, self.prompts, **self.options, variables=variables)
+    self._texts = [{"prompt": p, "completion": c} for p, c in zip(self.prompts, completions)]
+    return {"mean_new_chars": sum(map(len, completions)) / len(completions)}
+
+  def texts(self):
+    """The prompts and completions of the last `run`, for samples.jsonl and TensorBoard."""
+    return self._texts

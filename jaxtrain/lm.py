@@ -1,0 +1,170 @@
+"""Language models for notebooks and scripts: load a jaxtrain run or a Hugging Face Llama
+directory, score tokens, sample text, export to Hugging Face.
+
+    import jaxtrain.lm
+    lm = jaxtrain.lm.load("runs/code_lm")            # newest checkpoint; or step=N
+    lm = jaxtrain.lm.load("path/to/SmolLM-135M")     # config.json + *.safetensors + tokenizer
+    lm.tokenizer.encode("def f(x):")                 # ids; lm.tokenizer.decode(ids)
+    lm.logits([[1, 7, 42]])                          # float32 numpy [batch, length, vocab]
+    lm.generate(["def fib(n):"], max_new_tokens=64)  # greedy; temperature=, top_k=, top_p=, seed=, stop=
+    lm.export_hf("out/code_lm_hf")                   # transformers loads it as LlamaForCausalLM
+
+The variables are placed by `parallel` (a `config.parallel` section; default: FSDP over
+every device, so a model larger than one device's memory loads): a run's checkpoint is
+restored by Orbax and an HF directory read by safetensors straight into those shardings.
+Every mistake (a bad path, a model that is not a Llama, a tokenizer that does not fit the
+model, a prompt longer than the context) raises a UserError with one line.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from jaxtrain import checkpoint
+from jaxtrain import config as config_lib
+from jaxtrain import hf_llama
+from jaxtrain import models
+from jaxtrain import parallel
+from jaxtrain import sampling
+from jaxtrain import step as step_lib
+from jaxtrain.data import text as text_lib
+from jaxtrain.data import tokenizers
+from jaxtrain.errors import UserError
+
+DEFAULT_PARALLEL = dict(strategy="jit", mesh=dict(data=1, fsdp=-1, tensor=1))
+
+
+def load(path, step=None, *, parallel_config=None, dtype=None):
+  """An `LM` from a jaxtrain work directory (its newest checkpoint, or `step`) or a
+  Hugging Face Llama directory. `dtype`: the computation dtype ('bfloat16'); params stay
+  float32."""
+  path = os.path.expanduser(str(path))
+  if not os.path.isdir(path):
+    raise UserError(f"model path {path} does not exist or is not a directory; give a jaxtrain work directory "
+                    f"or a Hugging Face model directory")
+  strategy = strategy_for(parallel_config)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return _load_run(path, step, strategy, dtype)
+  if step is not None:
+    raise UserError(f"step={step} is for jaxtrain work directories; {path} has no checkpoints/")
+  return _load_hf(path, strategy, dtype)
+
+
+class LM:
+  """A Llama-architecture model with its tokenizer: `logits`, `generate`, `export_hf`."""
+
+  def __init__(self, module, variables, tokenizer, context_length, source, eos_ids=()):
+    _check_tokenizer(tokenizer, module, source)
+    self.module, self.variables, self.tokenizer = module, variables, tokenizer
+    self.context_length, self.source = context_length, source
+    self._logits = jax.jit(lambda variables, tokens: module.apply(variables, tokens, train=False)[0])
+    eos_ids = sorted(set(eos_ids) | ({tokenizer.eos_id} - {None}))
+    self.sampler = sampling.Sampler(module, variables, eos_ids=eos_ids, pad_id=tokenizer.pad_id)
+
+  def __repr__(self):
+    params = sum(x.size for x in jax.tree.leaves(self.variables["params"]))
+    return f"LM({self.source!r}, {params:,} parameters, context {self.context_length})"
+
+  def logits(self, tokens):
+    """Next-token logits, float32 numpy [batch, length, vocab], for int ids [batch, length]."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+      raise UserError(f"logits() takes int token ids of shape [batch, length], got {tokens.dtype} {list(tokens.shape)}")
+    if tokens.size and not 0 <= tokens.min() <= tokens.max() < self.module.vocab_size:
+      raise UserError(f"token ids must be in [0, {self.module.vocab_size}), got {tokens.min()}..{tokens.max()}")
+    self._check_length(tokens.shape[1], "the tokens")
+    return np.asarray(self._logits(self.variables, jnp.asarray(tokens, jnp.int32)))
+
+  def generate(self, prompts, max_new_tokens=64, temperature=0.0, top_k=None, top_p=None, seed=0, stop=None,
+               add_bos=True):
+    """Completions of `prompts` (a str or a list of str), without the prompt: greedy at
+    temperature 0, else sampled (top_k, top_p) with `seed`; see `sampling.complete`."""
+    single = isinstance(prompts, str)
+    texts = sampling.complete(self.sampler, self.tokenizer, [prompts] if single else list(prompts),
+                              context_length=self.context_length, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop, add_bos=add_bos)
+    return texts[0] if single else texts
+
+  def export_hf(self, directory, dtype="float32"):
+    """Writes a Hugging Face directory (config.json, model.safetensors, the tokenizer)."""
+    hf_llama.save(directory, self.module, self.variables["params"], self.tokenizer, self.context_length, dtype)
+    logging.info("Wrote %s (LlamaForCausalLM, %s).", directory, dtype)
+
+  def _check_length(self, length, what):
+    if length > self.context_length:
+      raise UserError(f"{what} take {length} tokens, more than the model's context of {self.context_length}; "
+                      f"shorten the prompt")
+
+
+def _check_tokenizer(tokenizer, module, source):
+  if tokenizer.vocab_size > module.vocab_size:
+    raise UserError(f"the tokenizer {tokenizer.path} has {tokenizer.vocab_size} ids but the model at {source} only "
+                    f"{module.vocab_size}: they do not belong together")
+
+
+def strategy_for(parallel_config=None):
+  """The Strategy of a `config.parallel` section (a dict): where the variables go."""
+  return parallel.Strategy(config_lib.Reader(ml_collections.ConfigDict(parallel_config or DEFAULT_PARALLEL)))
+
+
+def abstract_variables(module, strategy):
+  """The shapes, dtypes and shardings of `module`'s variables under `strategy`."""
+  example = ([np.zeros((1, 8), np.int32)], {})
+  return strategy.abstract_state(lambda: step_lib.init_variables(module, example, 0))
+
+
+def _load_hf(directory, strategy, dtype):
+  kwargs, extras = hf_llama.read_config(directory)
+  tokenizer = tokenizers.load(directory)
+  module = models.llama.Llama(**kwargs, dtype=dtype or "float32")
+  _check_tokenizer(tokenizer, module, directory)  # Before reading gigabytes of weights.
+  abstract = abstract_variables(module, strategy)
+  variables = {"params": hf_llama.load_params(directory, abstract["params"])}
+  return LM(module, variables, tokenizer, extras["context_length"], directory, extras["eos_ids"])
+
+
+def _load_run(workdir, step, strategy, dtype):
+  config = _run_config(workdir)
+  cfg = config_lib.Reader(config)
+  model_config = cfg.section("model")
+  if model_config.get("name", kind=str) != "llama":
+    raise UserError(f"the run in {workdir} trains model '{model_config.get('name')}', not a language model "
+                    f"(jaxtrain.lm loads 'llama' runs)")
+  module = models.build(model_config)
+  if dtype:
+    module = module.clone(dtype=dtype)
+  tokenizer = run_tokenizer(workdir, cfg.section("input").section("data"))
+  _check_tokenizer(tokenizer, module, workdir)
+  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
+  try:
+    saved = ckpt.all_steps()
+    step = saved[-1] if step is None and saved else step
+    if step not in saved:
+      raise UserError(f"{workdir} has no checkpoint at step {step}; it has {', '.join(map(str, saved)) or 'none'}")
+    variables = ckpt.restore_variables(step, abstract_variables(module, strategy))
+  finally:
+    ckpt.close()
+  context = cfg.section("input").section("data").get("seq_len", kind=int)
+  return LM(module, variables, tokenizer, context, f"{workdir} step {step}")
+
+
+def _run_config(workdir):
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise UserError(f"{workdir} has checkpoints/ but no config.json; is it a jaxtrain work directory?")
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def run_tokenizer(workdir, data_config):
+  """A run's tokenizer: the copy training keeps in the work directory, else (runs from
+  before it kept one) the one its config names or trained, found again in the data cache."""
+  for name in ("tokenizer.json", "tokenizer.model"):
+    if os.path.exists(os.path.join(workdir, name)):
+      return tokenizers.load(os.path.join(workdir, name))
+  return text_lib.tokenizer_from_config(data_config)

@@ -1,0 +1,164 @@
+"""Sampling from a decoder language model with a KV cache, compiled once per shape bucket.
+
+    sampler = Sampler(module, variables, eos_ids=[2], pad_id=0)
+    rows = sampler.generate([[1, 5, 9], [1, 7]], max_new_tokens=64, temperature=0.8, top_p=0.95)
+
+The prompts are left-padded to one length, so they all end at the same slot of the cache:
+one prefill call writes their keys and values and gives the first token's logits; then a
+compiled loop decodes `chunk` tokens per call, each step feeding one token per row at
+position (slot - its padding). Between chunks the host checks whether every row has ended
+(EOS, or a `stop` test on its tokens, e.g. a stop string), so an early stop wastes at most
+one chunk. Shapes are bucketed (batch and prompt length to powers of two, new tokens to
+multiples of `chunk`): prompts of 5 and 12 tokens run the same compiled code, and every
+token of one call the same decode loop. The model must accept the `cache`, `cache_index`,
+`key_valid` and `only_last` arguments of `jaxtrain.models.llama.Llama`.
+"""
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtrain.errors import UserError
+
+
+def bucket(n, smallest=16):
+  """The power of two at least `n` (and `smallest`): the shapes we compile for."""
+  return max(smallest, 1 << max(0, int(n) - 1).bit_length())
+
+
+class Sampler:
+  """Greedy (temperature 0), temperature, top-k and top-p sampling, seeded."""
+
+  def __init__(self, module, variables, *, eos_ids=(), pad_id=None, chunk=32, cache_dtype=None):
+    self.module = module
+    self.variables = variables
+    self.eos_ids = tuple(int(i) for i in eos_ids)  # Llama 3 ends a turn with any of three.
+    self.pad_id = 0 if pad_id is None else pad_id
+    self.chunk = chunk
+    self.cache_dtype = cache_dtype
+    self.traces = 0  # Times a step was traced (compiled): the tests count them.
+    self._prefill = jax.jit(self._prefill_fn)
+    self._decode = jax.jit(self._decode_fn, static_argnames=("mode",), donate_argnums=(1,))
+
+  def generate(self, prompts, max_new_tokens, *, temperature=0.0, top_k=None, top_p=None, seed=0, stop=None,
+               variables=None):
+    """New token ids for each prompt (a list of int lists), EOS and padding cut off.
+
+    `stop(row_ids) -> bool` ends a row early (its ids are then cut by the caller).
+    `variables`: other values of the model's variables (an evaluator's, during training)."""
+    variables = self.variables if variables is None else variables
+    if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
+      raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 1; got {temperature}, {top_p}, {top_k}")
+    count = len(prompts)
+    batch, width = bucket(count, 1), bucket(max(map(len, prompts)))
+    steps = -(-max_new_tokens // self.chunk) * self.chunk
+    tokens = np.full((batch, width), self.pad_id, np.int32)
+    pad = np.full((batch,), width - 1, np.int32)  # Rows beyond the prompts: one pad token each.
+    for row, ids in enumerate(prompts):
+      tokens[row, width - len(ids):] = ids
+      pad[row] = width - len(ids)
+    cache = self.module.init_cache(batch, width + steps, self.cache_dtype)
+    logits, cache = self._prefill(variables, tokens, pad, cache)
+    state = dict(cache=cache, logits=logits, pad=jnp.asarray(pad), index=jnp.int32(width), step=jnp.int32(0),
+                 done=jnp.asarray(np.arange(batch) >= count), out=jnp.zeros((batch, steps), jnp.int32),
+                 key=jax.random.key(seed), temperature=jnp.float32(max(temperature, 1e-6)),
+                 top_k=jnp.int32(top_k or 1), top_p=jnp.float32(top_p or 1.0))
+    mode = (temperature == 0, top_k is not None, top_p is not None and top_p < 1)
+    out = None
+    for done_steps in range(self.chunk, steps + 1, self.chunk):
+      state = self._decode(variables, state, mode=mode)
+      out = np.asarray(state["out"])[:count, :min(done_steps, max_new_tokens)]
+      if done_steps >= max_new_tokens or all(self._ended(row, stop) for row in out):
+        break
+    return [self._cut(row) for row in out]
+
+  def _ended(self, row, stop):
+    return any(i in self.eos_ids for i in row) or (stop is not None and stop(self._cut(row)))
+
+  def _cut(self, row):
+    row = list(map(int, row))
+    return next((row[:at] for at, i in enumerate(row) if i in self.eos_ids), row)
+
+  # ---- Compiled ------------------------------------------------------------------------
+
+  def _forward(self, variables, tokens, positions, cache, index, pad):
+    slots = jax.tree.leaves(cache)[0].shape[-3]  # [(layers,) B, slots, heads, head_dim].
+    key_valid = jnp.arange(slots)[None, :] >= pad[:, None]
+    logits, out = self.module.apply(variables, tokens, train=False, positions=positions, cache=cache,
+                                    cache_index=index, key_valid=key_valid, only_last=True)
+    return logits[:, -1], out["cache"]
+
+  def _prefill_fn(self, variables, tokens, pad, cache):
+    self.traces += 1
+    positions = jnp.maximum(jnp.arange(tokens.shape[1])[None, :] - pad[:, None], 0)
+    return self._forward(variables, tokens, positions, cache, 0, pad)
+
+  def _decode_fn(self, variables, state, mode):
+    self.traces += 1
+
+    def step(_, s):
+      token = choose(s["logits"], jax.random.fold_in(s["key"], s["step"]), s["temperature"], s["top_k"],
+                     s["top_p"], *mode)
+      token = jnp.where(s["done"], self.pad_id, token)
+      logits, cache = self._forward(variables, token[:, None], (s["index"] - s["pad"])[:, None], s["cache"],
+                                    s["index"], s["pad"])
+      out = jax.lax.dynamic_update_slice(s["out"], token[:, None], (0, s["step"]))
+      return {**s, "cache": cache, "logits": logits, "out": out, "done": s["done"] | jnp.isin(token, jnp.asarray(self.eos_ids, jnp.int32)),
+              "index": s["index"] + 1, "step": s["step"] + 1}
+
+    return jax.lax.fori_loop(0, self.chunk, step, state)
+
+
+def prompt_ids(tokenizer, prompts, context_length, add_bos=True, where="prompt"):
+  """The ids of each prompt (BOS first with `add_bos`); a UserError for one that leaves no
+  room for a new token in the context."""
+  bos = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
+  ids = [bos + list(tokenizer.encode(p)) for p in prompts]
+  for i, row in enumerate(ids):
+    if len(row) >= context_length:
+      raise UserError(f"{where} {i} is {len(row)} tokens, which leaves no room in the model's context of "
+                      f"{context_length} tokens; shorten it")
+  return ids
+
+
+def complete(sampler, tokenizer, prompts, *, context_length, max_new_tokens=64, temperature=0.0, top_k=None,
+             top_p=None, seed=0, stop=None, add_bos=True, variables=None):
+  """Text completions of `prompts` (strs), without the prompt: each ends at EOS, at
+  max_new_tokens, or before the first of the `stop` strings. `add_bos` puts the tokenizer's
+  BOS first, as the model saw at every document start in training. A prompt that leaves no
+  room in the context is a UserError; a completion that would not fit is shortened."""
+  stops = [stop] if isinstance(stop, str) else list(stop or [])
+  ids = prompt_ids(tokenizer, prompts, context_length, add_bos)
+  if not ids:
+    return []
+  longest = max(map(len, ids))
+  room = context_length - longest
+  if max_new_tokens > room:
+    logging.warning("Generating at most %d tokens: the longest prompt has %d and the context is %d.", room,
+                    longest, context_length)
+  stop_fn = (lambda row: any(s in tokenizer.decode(row) for s in stops)) if stops else None
+  rows = sampler.generate(ids, min(max_new_tokens, room), temperature=temperature, top_k=top_k, top_p=top_p,
+                          seed=seed, stop=stop_fn, variables=variables)
+  texts = [tokenizer.decode(row) for row in rows]
+  return [text[:min((text.find(s) for s in stops if s in text), default=len(text))] for text in texts]
+
+
+def choose(logits, key, temperature, top_k, top_p, greedy, use_top_k, use_top_p):
+  """One token id per row of `logits` [B, V]: the argmax, or a draw from softmax(logits /
+  temperature) kept to the top_k most likely ids, then to the smallest set of ids whose
+  probability reaches top_p (the order of Hugging Face's generate)."""
+  if greedy:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits.astype(jnp.float32) / temperature
+  if use_top_k or use_top_p:
+    ranked = jnp.sort(logits, axis=-1)[:, ::-1]
+    if use_top_k:
+      ranked = jnp.where(jnp.arange(ranked.shape[-1]) < top_k, ranked, -jnp.inf)
+    if use_top_p:
+      probs = jax.nn.softmax(ranked, axis=-1)
+      before = jnp.cumsum(probs, axis=-1) - probs  # Mass of the ids ranked above each one.
+      ranked = jnp.where(before < top_p, ranked, -jnp.inf)
+    lowest_kept = jnp.min(jnp.where(jnp.isfinite(ranked), ranked, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits >= lowest_kept, logits, -jnp.inf)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
