@@ -7,7 +7,12 @@ The first run builds the corpus (a TFDS dataset split by file into train / valid
 test), trains a 4,096-piece SentencePiece tokenizer on the train split and packs each
 split into rows of 256 tokens; later runs reuse all three. The evaluator `val` reports
 val/loss, val/perplexity and val/bits_per_byte on the held-out validation files, which
-compare with `python scripts/xz_baseline.py` (xz -9e on the same files). Figures: WORKSPACE.md.
+compare with `python scripts/xz_baseline.py` (xz -9e on the same files); `samples` writes
+greedy completions of three prompts to samples.jsonl. Then:
+
+    python -m jaxtrain.generate --model=runs/code_lm --prompt='def '
+
+Figures and samples: WORKSPACE.md.
 """
 
 import ml_collections
@@ -44,6 +49,9 @@ def get_config(arg=None):
   # data_dir come from input.data).
   c.evals.val = dict(type="lm", data=dict(split="validation"), batch_size=64, **duration("every", steps=200))
   c.evals.test = dict(type="lm", data=dict(split="test"), batch_size=64)  # Once, at the end.
+  # Greedy completions into samples.jsonl and TensorBoard's text tab, at each evaluation.
+  c.evals.samples = dict(type="samples", prompts=("def ", "class Stack:\n    def ", "import "), max_new_tokens=64,
+                         **duration("every", steps=200))
   c.checkpoint = dict(keep=2, **duration("every", steps=200))
   # The peak of the MFU figure: known for GPUs and TPUs; on CPUs set it to see MFU.
   c.peak_tflops_per_device = ml_collections.config_dict.placeholder(float)

@@ -164,7 +164,7 @@ def _read(files, names, stacked, index, dtype):
 def save(directory, module, params, tokenizer, context_length, dtype="float32"):
   """Writes an HF Llama directory that `transformers` loads as LlamaForCausalLM. It is
   written beside `directory` and renamed into place: never half-written, never over
-  an existing directory's files."""
+  an existing directory's files. With several processes, all must call it."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   if os.path.exists(directory) and os.listdir(directory):
     raise UserError(f"{directory} exists and is not empty; export to a new directory")
@@ -175,6 +175,8 @@ def save(directory, module, params, tokenizer, context_length, dtype="float32"):
     for i, part in enumerate(array) if path.startswith("layers/") else [(None, array)]:
       name, transposed = hf_name(path, i)
       tensors[name] = np.ascontiguousarray(part.T if transposed else part)
+  if jax.process_index() != 0:
+    return  # Every process took part in gathering the arrays; one writes.
   tmp = directory.rstrip("/") + ".partial"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)

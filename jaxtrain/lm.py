@@ -9,8 +9,8 @@ directory, score tokens, sample text, export to Hugging Face.
     lm.generate(["def fib(n):"], max_new_tokens=64)  # greedy; temperature=, top_k=, top_p=, seed=, stop=
     lm.export_hf("out/code_lm_hf")                   # transformers loads it as LlamaForCausalLM
 
-The variables are placed by `parallel` (a `config.parallel` section; default: FSDP over
-every device, so a model larger than one device's memory loads): a run's checkpoint is
+The variables are placed by `parallel_config` (a `config.parallel` section as a dict;
+default: FSDP over every device, so a model larger than one device's memory loads): a run's checkpoint is
 restored by Orbax and an HF directory read by safetensors straight into those shardings.
 Every mistake (a bad path, a model that is not a Llama, a tokenizer that does not fit the
 model, a prompt longer than the context) raises a UserError with one line.
@@ -77,7 +77,8 @@ class LM:
       raise UserError(f"logits() takes int token ids of shape [batch, length], got {tokens.dtype} {list(tokens.shape)}")
     if tokens.size and not 0 <= tokens.min() <= tokens.max() < self.module.vocab_size:
       raise UserError(f"token ids must be in [0, {self.module.vocab_size}), got {tokens.min()}..{tokens.max()}")
-    self._check_length(tokens.shape[1], "the tokens")
+    if tokens.shape[1] > self.context_length:
+      raise UserError(f"{tokens.shape[1]} tokens are more than the model's context of {self.context_length}")
     return np.asarray(self._logits(self.variables, jnp.asarray(tokens, jnp.int32)))
 
   def generate(self, prompts, max_new_tokens=64, temperature=0.0, top_k=None, top_p=None, seed=0, stop=None,
@@ -94,11 +95,6 @@ class LM:
     """Writes a Hugging Face directory (config.json, model.safetensors, the tokenizer)."""
     hf_llama.save(directory, self.module, self.variables["params"], self.tokenizer, self.context_length, dtype)
     logging.info("Wrote %s (LlamaForCausalLM, %s).", directory, dtype)
-
-  def _check_length(self, length, what):
-    if length > self.context_length:
-      raise UserError(f"{what} take {length} tokens, more than the model's context of {self.context_length}; "
-                      f"shorten the prompt")
 
 
 def _check_tokenizer(tokenizer, module, source):

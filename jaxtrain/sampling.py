@@ -37,9 +37,30 @@ class Sampler:
     self.pad_id = 0 if pad_id is None else pad_id
     self.chunk = chunk
     self.cache_dtype = cache_dtype
-    self.traces = 0  # Times a step was traced (compiled): the tests count them.
-    self._prefill = jax.jit(self._prefill_fn)
-    self._decode = jax.jit(self._decode_fn, static_argnames=("mode",), donate_argnums=(1,))
+    self.traces = 0  # Times a function was traced (compiled): the tests count them.
+    self._prefills, self._decodes = {}, {}  # Compiled, by shape bucket (and sampling mode).
+
+  def prepare(self, variables, lengths, max_new_tokens, *, temperature=0.0, top_k=None, top_p=None):
+    """Compiles (once) what `generate` runs for prompts of these `lengths`: `variables` may
+    be abstract (ShapeDtypeStructs with shardings), so an evaluator compiles at start-up.
+    Returns the shapes: (batch, prompt width, decode steps, sampling mode)."""
+    if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
+      raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 1; got {temperature}, {top_p}, {top_k}")
+    shape = (bucket(len(lengths), 1), bucket(max(lengths)), -(-max_new_tokens // self.chunk) * self.chunk)
+    mode = (temperature == 0, top_k is not None, top_p is not None and top_p < 1)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), variables)
+    if shape not in self._prefills:
+      batch, width, steps = shape
+      ints, flags = jax.ShapeDtypeStruct((batch,), jnp.int32), jax.ShapeDtypeStruct((batch,), jnp.bool_)
+      scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)  # noqa: E731
+      self._prefills[shape] = jax.jit(self._prefill_fn, static_argnames=("steps",)).lower(
+          abstract, jax.ShapeDtypeStruct((batch, width), jnp.int32), ints, flags, scalar(jnp.int32),
+          scalar(jnp.float32), scalar(jnp.int32), scalar(jnp.float32), steps=steps).compile()
+    if shape + (mode, self.eos_ids) not in self._decodes:
+      state = self._prefills[shape].out_info
+      self._decodes[shape + (mode, self.eos_ids)] = jax.jit(self._decode_fn, static_argnames=("mode",), donate_argnums=(1,)).lower(
+          abstract, state, mode=mode).compile()
+    return shape + (mode,)
 
   def generate(self, prompts, max_new_tokens, *, temperature=0.0, top_k=None, top_p=None, seed=0, stop=None,
                variables=None):
@@ -48,26 +69,21 @@ class Sampler:
     `stop(row_ids) -> bool` ends a row early (its ids are then cut by the caller).
     `variables`: other values of the model's variables (an evaluator's, during training)."""
     variables = self.variables if variables is None else variables
-    if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
-      raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 1; got {temperature}, {top_p}, {top_k}")
+    batch, width, steps, mode = self.prepare(variables, list(map(len, prompts)), max_new_tokens,
+                                             temperature=temperature, top_k=top_k, top_p=top_p)
     count = len(prompts)
-    batch, width = bucket(count, 1), bucket(max(map(len, prompts)))
-    steps = -(-max_new_tokens // self.chunk) * self.chunk
     tokens = np.full((batch, width), self.pad_id, np.int32)
     pad = np.full((batch,), width - 1, np.int32)  # Rows beyond the prompts: one pad token each.
     for row, ids in enumerate(prompts):
       tokens[row, width - len(ids):] = ids
       pad[row] = width - len(ids)
-    cache = self.module.init_cache(batch, width + steps, self.cache_dtype)
-    logits, cache = self._prefill(variables, tokens, pad, cache)
-    state = dict(cache=cache, logits=logits, pad=jnp.asarray(pad), index=jnp.int32(width), step=jnp.int32(0),
-                 done=jnp.asarray(np.arange(batch) >= count), out=jnp.zeros((batch, steps), jnp.int32),
-                 key=jax.random.key(seed), temperature=jnp.float32(max(temperature, 1e-6)),
-                 top_k=jnp.int32(top_k or 1), top_p=jnp.float32(top_p or 1.0))
-    mode = (temperature == 0, top_k is not None, top_p is not None and top_p < 1)
+    state = self._prefills[(batch, width, steps)](
+        variables, tokens, pad, np.arange(batch) >= count, np.int32(seed), np.float32(max(temperature, 1e-6)),
+        np.int32(top_k or 1), np.float32(top_p or 1.0))
+    decode = self._decodes[(batch, width, steps, mode, self.eos_ids)]
     out = None
     for done_steps in range(self.chunk, steps + 1, self.chunk):
-      state = self._decode(variables, state, mode=mode)
+      state = decode(variables, state)
       out = np.asarray(state["out"])[:count, :min(done_steps, max_new_tokens)]
       if done_steps >= max_new_tokens or all(self._ended(row, stop) for row in out):
         break
@@ -89,13 +105,21 @@ class Sampler:
                                     cache_index=index, key_valid=key_valid, only_last=True)
     return logits[:, -1], out["cache"]
 
-  def _prefill_fn(self, variables, tokens, pad, cache):
+  def _prefill_fn(self, variables, tokens, pad, done, seed, temperature, top_k, top_p, steps):
+    """The prompts' keys and values into a new cache; the state the decode loop carries."""
     self.traces += 1
-    positions = jnp.maximum(jnp.arange(tokens.shape[1])[None, :] - pad[:, None], 0)
-    return self._forward(variables, tokens, positions, cache, 0, pad)
+    batch, width = tokens.shape
+    positions = jnp.maximum(jnp.arange(width)[None, :] - pad[:, None], 0)
+    cache = self.module.init_cache(batch, width + steps, self.cache_dtype)
+    logits, cache = self._forward(variables, tokens, positions, cache, 0, pad)
+    return dict(cache=cache, logits=logits, pad=pad, index=jnp.int32(width), step=jnp.int32(0), done=done,
+                out=jnp.zeros((batch, steps), jnp.int32), key=jax.random.key(seed), temperature=temperature,
+                top_k=top_k, top_p=top_p)
 
   def _decode_fn(self, variables, state, mode):
+    """`chunk` tokens for every row: choose one from the logits, feed it, write it down."""
     self.traces += 1
+    eos_ids = jnp.asarray(self.eos_ids, jnp.int32)
 
     def step(_, s):
       token = choose(s["logits"], jax.random.fold_in(s["key"], s["step"]), s["temperature"], s["top_k"],
@@ -104,7 +128,7 @@ class Sampler:
       logits, cache = self._forward(variables, token[:, None], (s["index"] - s["pad"])[:, None], s["cache"],
                                     s["index"], s["pad"])
       out = jax.lax.dynamic_update_slice(s["out"], token[:, None], (0, s["step"]))
-      return {**s, "cache": cache, "logits": logits, "out": out, "done": s["done"] | jnp.isin(token, jnp.asarray(self.eos_ids, jnp.int32)),
+      return {**s, "cache": cache, "logits": logits, "out": out, "done": s["done"] | jnp.isin(token, eos_ids),
               "index": s["index"] + 1, "step": s["step"] + 1}
 
     return jax.lax.fori_loop(0, self.chunk, step, state)
@@ -137,10 +161,13 @@ def complete(sampler, tokenizer, prompts, *, context_length, max_new_tokens=64, 
   if max_new_tokens > room:
     logging.warning("Generating at most %d tokens: the longest prompt has %d and the context is %d.", room,
                     longest, context_length)
-  stop_fn = (lambda row: any(s in tokenizer.decode(row) for s in stops)) if stops else None
+  # A model's vocabulary may be padded past the tokenizer's (to a multiple of 128, say):
+  # ids the tokenizer lacks have no text.
+  text = lambda row: tokenizer.decode([i for i in row if i < tokenizer.vocab_size])  # noqa: E731
+  stop_fn = (lambda row: any(s in text(row) for s in stops)) if stops else None
   rows = sampler.generate(ids, min(max_new_tokens, room), temperature=temperature, top_k=top_k, top_p=top_p,
                           seed=seed, stop=stop_fn, variables=variables)
-  texts = [tokenizer.decode(row) for row in rows]
+  texts = [text(row) for row in rows]
   return [text[:min((text.find(s) for s in stops if s in text), default=len(text))] for text in texts]
 
 

@@ -147,6 +147,17 @@ def test_the_command_names_each_mistake_in_one_line(run_dir, tmp_path):
   assert "no checkpoint at step 7" in one_line_error(generate(f"--model={run_dir}", "--step=7", "--prompt=x"))
 
 
+def test_the_samples_evaluator_compiles_at_start_up_and_not_again(tfds_dir, corpus):  # pylint: disable=redefined-outer-name
+  config = with_samples(tiny_lm(corpus))
+  config.evals.samples.max_new_tokens = 40  # More than the context leaves: capped at start-up as in a run.
+  exp = train.build(config)
+  samples = next(s.evaluator for s in exp.evaluators if s.name == "samples")
+  assert samples.sampler.traces == 2  # Prefill and decode, before any step.
+  state = exp.strategy.init(exp.create, exp.abstract_state)
+  result = samples.run({"params": state.params})
+  assert samples.sampler.traces == 2 and result["mean_new_chars"] > 0
+
+
 def test_a_samples_evaluator_with_bad_settings_fails_at_start_up(tfds_dir, corpus):  # pylint: disable=redefined-outer-name
   with pytest.raises(UserError, match=r"evals.samples.prompts' must be a non-empty list of strings"):
     train.build(_bad_prompts(corpus, "def "))

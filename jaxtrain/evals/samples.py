@@ -38,9 +38,11 @@ class Samples:
         stop=[stop] if isinstance(stop, str) else list(stop))
     self.sampler = sampling.Sampler(context.model, None, pad_id=self.tokenizer.pad_id,
                                     eos_ids=[] if self.tokenizer.eos_id is None else [self.tokenizer.eos_id])
-    # The prompts must fit the context now, not at the first evaluation; the sampler itself
-    # compiles on its first run (its shapes depend on the prompts' bucket, known only then).
-    sampling.prompt_ids(self.tokenizer, self.prompts, self.options["context_length"], where=config.path("prompts"))
+    # At start-up: the prompts must fit the context, and the sampler compiles for them.
+    ids = sampling.prompt_ids(self.tokenizer, self.prompts, self.options["context_length"], where=config.path("prompts"))
+    room = self.options["context_length"] - max(map(len, ids))  # As `complete` will cap it.
+    self.sampler.prepare(context.abstract_variables, list(map(len, ids)), min(self.options["max_new_tokens"], room),
+                         **{k: self.options[k] for k in ("temperature", "top_k", "top_p")})
     self._texts = []
 
   def run(self, variables):
