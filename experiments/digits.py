@@ -27,7 +27,10 @@ def get_config(arg=None):
   c.input.pp = PP_TRAIN
 
   if variant == "cnn":
-    c.model = dict(name="cnn", num_classes=10, features=(32, 64), dense=128, dropout=0.1, dtype="float32")
+    # On CPUs, --config.model.conv=im2col --config.model.pool=reshape trains 1.75x faster
+    # (WORKSPACE.md, Benchmarks).
+    c.model = dict(name="cnn", num_classes=10, features=(32, 64), dense=128, dropout=0.1, dtype="float32",
+                   conv="xla", pool="window")
   elif variant == "mlp":
     c.model = dict(name="mlp", num_classes=10, hidden=(256, 256), dropout=0.1, dtype="float32")
   else:

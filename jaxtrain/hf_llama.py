@@ -26,7 +26,9 @@ from jaxtrain.errors import UserError, first_line
 from jaxtrain.models import llama
 
 ARCHITECTURE = "LlamaForCausalLM"
-_IGNORED = re.compile(r"rotary_emb\.inv_freq$")  # Old checkpoints saved RoPE's buffer; it is recomputed.
+# Old checkpoints saved RoPE's buffer (recomputed here); tied ones may store the head's copy
+# of the embedding (an untied model reads it, so it is never left over there).
+_IGNORED = re.compile(r"rotary_emb\.inv_freq$|^lm_head\.weight$")
 
 
 def read_config(directory):
@@ -134,7 +136,7 @@ def load_params(directory, abstract_params):
           leaf.shape, leaf.sharding, lambda index, names=names, stacked=stacked, leaf=leaf: _read(
               files, names, stacked, index, leaf.dtype))
   unused = sorted(name for name in files.where if name not in used and not _IGNORED.search(name))
-  if unused and not (unused == ["lm_head.weight"] and "embed_tokens/embedding" in flat):
+  if unused:
     raise UserError(f"{directory} holds weights jaxtrain's Llama has no place for: {', '.join(unused[:4])}"
                     f"{' ...' if len(unused) > 4 else ''}; is it a Llama checkpoint?")
   leaves = [loaded[path] for path in flat]

@@ -174,3 +174,16 @@ def test_a_tokenizer_larger_than_the_model_is_refused(tmp_path):
   assert tokenizers.load(directory).vocab_size > 320
   with pytest.raises(UserError, match=r"has \d+ ids but the model at .* only 320: they do not belong together"):
     lm_lib.load(directory)
+
+
+def test_weights_without_a_place_are_refused_and_a_tied_heads_copy_is_not(tmp_path):
+  from safetensors.numpy import load_file, save_file  # pylint: disable=import-outside-toplevel
+  directory = hf_dirs.make(str(tmp_path / "model"), "gqa_tied")
+  path = os.path.join(directory, "model.safetensors")
+  tensors = load_file(path)
+  save_file({**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"]}, path)  # Some tied exports do.
+  np.testing.assert_allclose(lm_lib.load(directory).logits(hf_dirs.TOKENS), REFERENCE["logits_gqa_tied"], atol=1e-4)
+  save_file({**tensors, "model.layers.0.self_attn.q_proj.bias": np.zeros(64, np.float32)}, path)
+  with pytest.raises(UserError, match=r"holds weights jaxtrain's Llama has no place for: "
+                                      r"model.layers.0.self_attn.q_proj.bias; is it a Llama checkpoint\?"):
+    lm_lib.load(directory)
