@@ -2,6 +2,8 @@
 
 import importlib.util
 import os
+import shutil
+import sysconfig
 
 import jax
 import orbax.checkpoint as ocp
@@ -15,6 +17,25 @@ def tfds_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("tfds"))
   os.environ["TFDS_DATA_DIR"] = path  # Subprocesses started by tests inherit it.
   return path
+
+
+# Standard-library modules: the text a tiny language model trains on in the tests.
+LM_MODULES = ("textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "heapq.py", "colorsys.py",
+              "keyword.py", "calendar.py", "string.py", "copy.py", "queue.py", "locale.py", "gettext.py")
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+  """A directory of LM_MODULES' source files, for `tiny_lm(corpus)`."""
+  directory = tmp_path_factory.mktemp("corpus")
+  for name in LM_MODULES:
+    shutil.copy(os.path.join(sysconfig.get_paths()["stdlib"], name), directory / name)
+  return str(directory)
+
+
+def tiny_lm(corpus_dir):
+  """tests/tiny_lm.py's config for the text files in `corpus_dir`."""
+  return load_experiment("../tests/tiny_lm").get_config(corpus_dir)
 
 
 def load_experiment(name):

@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 
 import hf_dirs
-from conftest import ROOT
+from conftest import ROOT, tiny_lm
 from jaxtrain import lm as lm_lib
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import train
 from jaxtrain.config import duration
 from jaxtrain.data import tokenizers
 from jaxtrain.errors import UserError
-from test_lm import corpus, tiny_lm  # pylint: disable=unused-import  (corpus: a fixture)
 
 PROMPTS = ("def ", "class Parser:\n    def ")
 
@@ -30,7 +29,7 @@ def with_samples(config, prompts=PROMPTS):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tfds_dir, corpus, tmp_path_factory):  # pylint: disable=redefined-outer-name
+def run_dir(tfds_dir, corpus, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("lm_run"))
   config = with_samples(tiny_lm(corpus))
   config.total_steps = 30
@@ -147,7 +146,7 @@ def test_the_command_names_each_mistake_in_one_line(run_dir, tmp_path):
   assert "no checkpoint at step 7" in one_line_error(generate(f"--model={run_dir}", "--step=7", "--prompt=x"))
 
 
-def test_the_samples_evaluator_compiles_at_start_up_and_not_again(tfds_dir, corpus):  # pylint: disable=redefined-outer-name
+def test_the_samples_evaluator_compiles_at_start_up_and_not_again(tfds_dir, corpus):
   config = with_samples(tiny_lm(corpus))
   config.evals.samples.max_new_tokens = 40  # More than the context leaves: capped at start-up as in a run.
   exp = train.build(config)
@@ -158,12 +157,12 @@ def test_the_samples_evaluator_compiles_at_start_up_and_not_again(tfds_dir, corp
   assert samples.sampler.traces == 2 and result["mean_new_chars"] > 0
 
 
-def test_a_samples_evaluator_with_bad_settings_fails_at_start_up(tfds_dir, corpus):  # pylint: disable=redefined-outer-name
+def test_a_samples_evaluator_with_bad_settings_fails_at_start_up(tfds_dir, corpus):
   with pytest.raises(UserError, match=r"evals.samples.prompts' must be a non-empty list of strings"):
     train.build(_bad_prompts(corpus, "def "))
   with pytest.raises(UserError, match=r"evals.samples.prompts 0 is \d+ tokens, which leaves no room"):
     train.build(_bad_prompts(corpus, ["x = 1\n" * 40]))
 
 
-def _bad_prompts(corpus, prompts):  # pylint: disable=redefined-outer-name
+def _bad_prompts(corpus, prompts):
   return with_samples(tiny_lm(corpus), prompts)

@@ -5,35 +5,19 @@ SIGKILL, and 8 (fake) devices train as one, whatever the mesh."""
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_experiment, read_checkpoint
+from conftest import ROOT, read_checkpoint, tiny_lm
 from jaxtrain import data, train
 from jaxtrain.config import Reader
 
-MODULES = ("textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "heapq.py", "colorsys.py",
-           "keyword.py", "calendar.py", "string.py", "copy.py", "queue.py", "locale.py", "gettext.py")
 TINY_LM = os.path.join(ROOT, "tests", "tiny_lm.py")
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory):
-  directory = tmp_path_factory.mktemp("corpus")
-  for name in MODULES:
-    shutil.copy(os.path.join(sysconfig.get_paths()["stdlib"], name), directory / name)
-  return str(directory)
-
-
-def tiny_lm(corpus):
-  return load_experiment("../tests/tiny_lm").get_config(corpus)
 
 
 def read_rows(workdir):

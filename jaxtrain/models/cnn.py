@@ -16,7 +16,6 @@ published digits figure (seed 0 reads 0.9916 with the reshape pool, 0.9889 witho
 from typing import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jaxtrain.errors import UserError
