@@ -45,7 +45,8 @@ class Sampler:
     be abstract (ShapeDtypeStructs with shardings), so an evaluator compiles at start-up.
     Returns the shapes: (batch, prompt width, decode steps, sampling mode)."""
     if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
-      raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 1; got {temperature}, {top_p}, {top_k}")
+      raise UserError(f"sampling needs temperature >= 0, 0 < top_p <= 1 and top_k >= 1; got temperature={temperature}, "
+                      f"top_p={top_p}, top_k={top_k}")
     shape = (bucket(len(lengths), 1), bucket(max(lengths)), -(-max_new_tokens // self.chunk) * self.chunk)
     mode = (temperature == 0, top_k is not None, top_p is not None and top_p < 1)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), variables)

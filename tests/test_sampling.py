@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxtrain import sampling
+from jaxtrain.errors import UserError
 from jaxtrain.models.llama import Llama
 
 PROMPTS = [[1, 5, 9, 3, 4], [1, 7], list(range(1, 14))]
@@ -109,3 +110,11 @@ def test_complete_cuts_before_a_stop_string_and_checks_the_context():
     sampling.complete(sampler, tok, ["a", "b" * 63], context_length=64)
   # A completion that would run past the context is shortened to fit.
   assert len(sampling.complete(sampler, tok, ["x" * 50], context_length=64, max_new_tokens=40)[0]) == 13
+
+
+def test_bad_sampling_settings_are_one_line():
+  model, variables = model_and_variables()
+  sampler = sampling.Sampler(model, variables, pad_id=0)
+  with pytest.raises(UserError, match=r"sampling needs temperature >= 0, 0 < top_p <= 1 and top_k >= 1; got "
+                                      r"temperature=1.0, top_p=None, top_k=0"):
+    sampler.generate(PROMPTS, 4, temperature=1.0, top_k=0)
