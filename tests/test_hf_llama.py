@@ -114,7 +114,8 @@ def counting_read(self, name, index, transposed):
 hf_llama._Files.read = counting_read
 lm = lm_lib.load({directory!r}, parallel_config=dict(mesh=dict(data=1, fsdp=8), fsdp_min_size=1024))
 q = lm.variables["params"]["layers_0"]["self_attn"]["q_proj"]["kernel"]
-print(json.dumps(dict(
+lm.sampler.eos_ids = ()
+print(json.dumps(dict(greedy=lm.sampler.generate(hf_dirs.PROMPTS, hf_dirs.NEW_TOKENS),
     devices=jax.device_count(), spec=[str(a) for a in q.sharding.spec],
     shard_shapes=sorted({{tuple(s.data.shape) for s in q.addressable_shards}}), shape=list(q.shape),
     largest_read=max(size / total for name, size, total in reads if total >= 1024),
@@ -123,7 +124,7 @@ print(json.dumps(dict(
 
 
 @pytest.mark.slow
-def test_on_eight_devices_each_reads_only_its_shard_and_logits_match(tmp_path):
+def test_on_eight_devices_each_reads_only_its_shard_and_logits_and_sampling_match(tmp_path):
   directory = hf_dirs.make(str(tmp_path / "model"), "gqa_tied")
   code = ON_EIGHT.format(tests=os.path.join(ROOT, "tests"), directory=directory)
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -134,6 +135,7 @@ def test_on_eight_devices_each_reads_only_its_shard_and_logits_match(tmp_path):
   assert report["shard_shapes"] == [[64 // 8, 64]] and report["shape"] == [64, 64]
   assert report["largest_read"] == pytest.approx(1 / 8)  # No device's callback read a whole tensor.
   np.testing.assert_allclose(np.asarray(report["logits"]), REFERENCE["logits_gqa_tied"], atol=1e-4, rtol=0)
+  assert report["greedy"] == [REFERENCE[f"greedy_gqa_tied_{i}"].tolist() for i in range(len(hf_dirs.PROMPTS))]
 
 
 # ---- Mistakes: one line each --------------------------------------------------------------------
