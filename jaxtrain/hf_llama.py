@@ -209,12 +209,11 @@ def _write_tokenizer(directory, tokenizer):
   special = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
   names = {f"{role}_token": tokenizer.id_to_token(i) for role, i in
            (("bos", tokenizer.bos_id), ("eos", tokenizer.eos_id), ("pad", tokenizer.pad_id)) if i is not None}
+  shutil.copyfile(tokenizer.path, os.path.join(directory, tokenizer.file_name))
   if tokenizer.kind == "sentencepiece":
-    shutil.copyfile(tokenizer.path, os.path.join(directory, "tokenizer.model"))
     config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": False,
               "add_prefix_space": False, **names}
   else:
-    shutil.copyfile(tokenizer.path, os.path.join(directory, "tokenizer.json"))
     config = {"tokenizer_class": "PreTrainedTokenizerFast", **names}
   with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
     json.dump(config, f, indent=2, sort_keys=True)

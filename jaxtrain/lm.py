@@ -160,7 +160,5 @@ def _run_config(workdir):
 def run_tokenizer(workdir, data_config):
   """A run's tokenizer: the copy training keeps in the work directory, else (runs from
   before it kept one) the one its config names or trained, found again in the data cache."""
-  for name in ("tokenizer.json", "tokenizer.model"):
-    if os.path.exists(os.path.join(workdir, name)):
-      return tokenizers.load(os.path.join(workdir, name))
-  return text_lib.tokenizer_from_config(data_config)
+  kept = [name for name in ("tokenizer.json", "tokenizer.model") if os.path.exists(os.path.join(workdir, name))]
+  return tokenizers.load(workdir) if kept else text_lib.tokenizer_from_config(data_config)

@@ -401,7 +401,7 @@ def _keep_tokenizer(workdir, tokenizer):
   names the special tokens): `jaxtrain.lm.load` and `export` need no data cache."""
   if tokenizer is None or jax.process_index() != 0:
     return
-  names = {tokenizer.path: "tokenizer.model" if tokenizer.kind == "sentencepiece" else "tokenizer.json"}
+  names = {tokenizer.path: tokenizer.file_name}
   special = os.path.join(os.path.dirname(tokenizer.path), "tokenizer_config.json")
   if tokenizer.kind != "sentencepiece" and os.path.exists(special):
     names[special] = "tokenizer_config.json"

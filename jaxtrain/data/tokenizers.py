@@ -50,6 +50,7 @@ class Tokenizer:
   the model has none), vocab_size; path, kind and fingerprint (sha256 of the file bytes)."""
 
   kind = None
+  file_name = None  # Its name in a Hugging Face directory: 'tokenizer.model' or 'tokenizer.json'.
 
   def __init__(self, path):
     self.path = path
@@ -94,6 +95,7 @@ class SentencePieceTokenizer(Tokenizer):
   """A SentencePiece `.model` file (T5X / seqio / Llama 2 `tokenizer.model`)."""
 
   kind = "sentencepiece"
+  file_name = "tokenizer.model"  # Its name in a Hugging Face directory (and a run's copy).
 
   def __init__(self, path):
     import sentencepiece as spm  # pylint: disable=import-outside-toplevel
@@ -138,6 +140,7 @@ class HuggingFaceTokenizer(Tokenizer):
   `tokenizer_config.json` beside it where there is one, else from the usual token names."""
 
   kind = "huggingface"
+  file_name = "tokenizer.json"
   _NAMES = {"bos": ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>"),
             "eos": ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>", "<|im_end|>"),
             "pad": ("<pad>", "[PAD]", "<|pad|>", "<|padding|>")}
