@@ -58,10 +58,12 @@ def load(path, step=None, *, parallel_config=None, dtype=None):
 class LM:
   """A Llama-architecture model with its tokenizer: `logits`, `generate`, `export_hf`."""
 
-  def __init__(self, module, variables, tokenizer, context_length, source, eos_ids=()):
+  def __init__(self, module, variables, tokenizer, context_length, source, eos_ids=(), strategy=None):
     _check_tokenizer(tokenizer, module, source)
     self.module, self.variables, self.tokenizer = module, variables, tokenizer
     self.context_length, self.source = context_length, source
+    self.strategy = strategy or strategy_for()  # Where the variables are (and batches go).
+    self.eos_ids = tuple(eos_ids)
     self._logits = jax.jit(lambda variables, tokens: module.apply(variables, tokens, train=False)[0])
     eos_ids = sorted(set(eos_ids) | ({tokenizer.eos_id} - {None}))
     self.sampler = sampling.Sampler(module, variables, eos_ids=eos_ids, pad_id=tokenizer.pad_id)
@@ -121,7 +123,7 @@ def _load_hf(directory, strategy, dtype):
   _check_tokenizer(tokenizer, module, directory)  # Before reading gigabytes of weights.
   abstract = abstract_variables(module, strategy)
   variables = {"params": hf_llama.load_params(directory, abstract["params"])}
-  return LM(module, variables, tokenizer, extras["context_length"], directory, extras["eos_ids"])
+  return LM(module, variables, tokenizer, extras["context_length"], directory, extras["eos_ids"], strategy)
 
 
 def _load_run(workdir, step, strategy, dtype):
@@ -146,7 +148,7 @@ def _load_run(workdir, step, strategy, dtype):
   finally:
     ckpt.close()
   context = cfg.section("input").section("data").get("seq_len", kind=int)
-  return LM(module, variables, tokenizer, context, f"{workdir} step {step}")
+  return LM(module, variables, tokenizer, context, f"{workdir} step {step}", strategy=strategy)
 
 
 def _run_config(workdir):

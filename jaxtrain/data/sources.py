@@ -1,4 +1,5 @@
-"""Opening TFDS datasets as random-access sources (ArrayRecord), without TensorFlow."""
+"""Opening TFDS datasets as random-access sources (ArrayRecord), without TensorFlow; keeping
+only the examples of some classes (`ClassSubset`)."""
 
 import os
 
@@ -99,3 +100,62 @@ def _prepare_locally_built(builder):
 def _build(builder):
   logging.info("Preparing dataset %s in %s (first use).", builder.name, builder.data_dir)
   builder.download_and_prepare()
+
+
+class ClassSubset:
+  """The examples of `source` at `indices` (those of the chosen classes), in their order.
+
+  Labels are not renumbered: a model that learns the digits 0-4 keeps num_classes=10, so
+  that its head, checkpoints and evaluators mean the same classes whatever the subset."""
+
+  def __init__(self, source, indices):
+    self.source, self.indices = source, np.asarray(indices, np.int64)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def read(self, indices):
+    return self.source.read(self.indices[np.asarray(indices, np.int64)])
+
+
+def keep_classes(source, classes, key="label", *, name, split, where="input.data.classes",
+                 key_where="input.data.class_key"):
+  """A `ClassSubset` of the examples whose `key` is one of `classes` (ints). Reads the
+  label column once (from memory for a cached source, else the whole split from disk)."""
+  labels = _label_column(source, key, name, split, key_where)
+  present = np.unique(labels)
+  missing = [c for c in classes if c not in present]
+  if missing:
+    raise UserError(f"config key '{where}': dataset '{name}' split '{split}' has no examples of class "
+                    f"{missing[0]}; its '{key}' classes are {_ranges(present)}")
+  return ClassSubset(source, np.flatnonzero(np.isin(labels, classes)))
+
+
+def _label_column(source, key, name, split, key_where, chunk=4096):
+  if len(source) == 0:
+    raise UserError(f"dataset '{name}' split '{split}' is empty: there are no classes to keep")
+  if isinstance(source, InMemorySource):
+    first, column = source.arrays, lambda: source.arrays[key]
+  else:
+    first = source.read([0])
+    column = lambda: np.concatenate([source.read(range(i, min(i + chunk, len(source))))[key]
+                                     for i in range(0, len(source), chunk)])
+  if key not in first:
+    raise UserError(f"dataset '{name}' split '{split}' has no feature '{key}' to keep classes by "
+                    f"(config key '{key_where}'); its features are {', '.join(sorted(first))}")
+  sample = np.asarray(first[key])
+  if sample.ndim != 1 or not np.issubdtype(sample.dtype, np.integer):
+    raise UserError(f"feature '{key}' of dataset '{name}' split '{split}' holds {sample.dtype} of shape "
+                    f"{sample.shape[1:]} per example, not one integer class id (config key '{key_where}')")
+  return np.asarray(column())
+
+
+def _ranges(values):
+  """'0-4, 7, 9': sorted integers, runs shortened."""
+  parts, start = [], None
+  for i, v in enumerate(values):
+    start = v if start is None else start
+    if i + 1 == len(values) or values[i + 1] != v + 1:
+      parts.append(f"{start}-{v}" if v > start else f"{v}")
+      start = None
+  return ", ".join(parts)

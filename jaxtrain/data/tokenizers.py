@@ -51,6 +51,7 @@ class Tokenizer:
 
   kind = None
   file_name = None  # Its name in a Hugging Face directory: 'tokenizer.model' or 'tokenizer.json'.
+  adds_bos = False  # Whether the file itself asks for BOS first (Llama's tokenizer.json do).
 
   def __init__(self, path):
     self.path = path
@@ -159,6 +160,9 @@ class HuggingFaceTokenizer(Tokenizer):
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
     special = self._special_tokens(os.path.join(os.path.dirname(path), "tokenizer_config.json"))
     self.bos_id, self.eos_id, self.pad_id = (special.get(role) for role in ("bos", "eos", "pad"))
+    # Its post-processor's choice; `encode` never adds special tokens, the harness follows this.
+    first = self._tok.encode("a", add_special_tokens=True).ids[:1]
+    self.adds_bos = self.bos_id is not None and first == [self.bos_id]
 
   def _special_tokens(self, config_path):
     found = {}

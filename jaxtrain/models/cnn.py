@@ -55,7 +55,12 @@ class Im2ColConv(nn.Module):
 @MODELS.register("cnn")
 class CNN(nn.Module):
   """3x3 conv blocks (optionally batch-normed), a 2x2 max-pool after each `pool_every`
-  blocks, then a dense layer with dropout whose output is the pre-logit representation."""
+  blocks, then a dense layer with dropout whose output is the pre-logit representation.
+
+  Returns (logits, out): out['pre_logits'], the dense layer's output [B, dense], and
+  out['conv_features'], the conv blocks' output after the last pool, flattened (the dense
+  layer's input, [B, H' * W' * features[-1]]): a more generic representation for probes
+  of new classes (experiments/digits_transfer.py). Neither changes params or logits."""
 
   num_classes: int
   features: Sequence[int] = (32, 64)
@@ -87,7 +92,8 @@ class CNN(nn.Module):
       if (i + 1) % self.pool_every == 0:
         even = x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0
         x = max_pool_2x2(x) if self.pool == "reshape" and even else nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = x.reshape((x.shape[0], -1))
+    conv_features = x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.dense, dtype=self.dtype)(x))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x), {"pre_logits": x}
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+    return logits, {"pre_logits": x, "conv_features": conv_features}

@@ -1,0 +1,151 @@
+"""Command line: zero- and few-shot scores of a language model on tasks from JSONL files,
+with lm-evaluation-harness (0.4) semantics, so numbers compare with published ones.
+
+    python -m jaxtrain.lm_eval --model=runs/code_lm --tasks=next_line.jsonl --num_fewshot=5 \\
+        --output_path=out/next_line_5shot --log_samples
+
+--model is whatever jaxtrain.lm.load takes: a jaxtrain work directory (newest checkpoint,
+or --step) or a Hugging Face Llama directory. --tasks is a comma-separated list of .jsonl
+task files (or .json task specs); the task's name is the file's stem. Task files are
+described in jaxtrain/evals/lm_tasks.py. The results table goes to stdout; with
+--output_path, DIR/results.json ({"results": {TASK: {"acc", "acc_stderr", "acc_norm",
+"acc_norm_stderr", "n"}}, ...}) and, with --log_samples, DIR/samples_TASK.jsonl, one line
+per document ({"doc_id", "context", "loglikelihoods", "acc", "acc_norm"}; generation:
+{"doc_id", "context", "completion", "answer", "exact_match"}). Every task file is read and
+checked before the model is loaded, and nothing is written unless all tasks ran.
+"""
+
+import json
+import logging as std_logging
+import math
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from jaxtrain import lm as lm_lib
+from jaxtrain.errors import UserError, exit_with
+from jaxtrain.evals import harness as harness_lib
+from jaxtrain.evals import lm_tasks
+
+_MODEL = flags.DEFINE_string("model", None, "A jaxtrain work directory or a Hugging Face Llama directory.")
+_STEP = flags.DEFINE_integer("step", None, "The checkpoint of a work directory (default: the newest).")
+_TASKS = flags.DEFINE_string("tasks", None, "Task files (.jsonl, or .json specs), comma-separated.")
+_NUM_FEWSHOT = flags.DEFINE_integer("num_fewshot", 0, "Examples in each context (k-shot).", lower_bound=0)
+_FEWSHOT_FILE = flags.DEFINE_string("fewshot_file", None, "Few-shot documents (.jsonl); comma-separated, one "
+                                    "per task, for several tasks. Default: the task's other documents.")
+_FEWSHOT_SEED = flags.DEFINE_integer("fewshot_seed", lm_tasks.FEWSHOT_SEED, "Seed of the few-shot draws.")
+_LIMIT = flags.DEFINE_integer("limit", None, "Score only the first N documents of each task.", lower_bound=1)
+_OUTPUT_PATH = flags.DEFINE_string("output_path", None, "Write results.json (and samples) to this directory.")
+_LOG_SAMPLES = flags.DEFINE_bool("log_samples", False, "Also write samples_TASK.jsonl, one line per document.")
+_ADD_BOS = flags.DEFINE_bool("add_bos_token", None, "BOS before every context. Default: as the harness does, where "
+                             "the tokenizer itself adds one (Llama's do; jaxtrain's own do not).")
+_BATCH_TOKENS = flags.DEFINE_integer("batch_tokens", 8192, "Tokens per scoring batch.", lower_bound=1)
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Computation dtype (default: the model's).")
+
+
+class _QuietOrbax(std_logging.Filter):
+  def filter(self, record):
+    return record.levelno >= std_logging.ERROR or "/orbax/" not in record.pathname
+
+
+def load_tasks(tasks_flag, fewshot_flag):
+  paths = [p for p in (tasks_flag or "").split(",") if p]
+  if not paths:
+    raise UserError("--tasks is required: one or more task files (.jsonl), comma-separated")
+  fewshot = [p for p in (fewshot_flag or "").split(",") if p]
+  if fewshot and len(fewshot) != len(paths):
+    raise UserError(f"--fewshot_file names {len(fewshot)} files for {len(paths)} tasks; give one per task")
+  tasks = [lm_tasks.load(path, fewshot[i] if fewshot else None) for i, path in enumerate(paths)]
+  names = [t.name for t in tasks]
+  twice = sorted({n for n in names if names.count(n) > 1})
+  if twice:
+    raise UserError(f"two task files are both named {twice[0]!r}: results are keyed by the file's stem; rename one")
+  return tasks
+
+
+def check_output_path(path):
+  if path and os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"--output_path={path} is a file; give a directory")
+
+
+def table(results, shots):
+  """lm-evaluation-harness's table: one row per task and metric."""
+  rows = [("task", "k", "metric", "value", "stderr", "n")]
+  for name, result in results.items():
+    for metric in [m for m in ("acc", "acc_norm", "exact_match") if m in result]:
+      stderr = result[f"{metric}_stderr"]
+      rows.append((name, str(shots[name]), metric, f"{result[metric]:.4f}",
+                   "N/A" if stderr is None else f"{stderr:.4f}", str(result["n"])))
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
+  lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+  return "\n".join(lines)
+
+
+def _json_number(value):
+  return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def write_outputs(directory, results, shots, config, samples):
+  """results.json and samples_TASK.jsonl, each written whole then renamed into place."""
+  os.makedirs(directory, exist_ok=True)
+  files = {"results.json": json.dumps({"results": results, "n-shot": shots, "config": config},
+                                      indent=2, allow_nan=False) + "\n"}
+  for name, records in samples.items():
+    files[f"samples_{name}.jsonl"] = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+  for file_name, content in files.items():
+    path = os.path.join(directory, file_name)
+    with open(path + ".partial", "w", encoding="utf-8") as f:
+      f.write(content)
+    os.replace(path + ".partial", path)
+
+
+def evaluate(model, tasks, num_fewshot, *, fewshot_seed=lm_tasks.FEWSHOT_SEED, limit=None, add_bos=None,
+             batch_tokens=8192):
+  """({task: summary}, {task: per-document records}, whether BOS went first) of an `LM` on
+  `tasks`."""
+  harness = harness_lib.Harness(model.module, model.strategy, model.variables, model.tokenizer,
+                                model.context_length, eos_ids=model.eos_ids, add_bos=add_bos,
+                                batch_tokens=batch_tokens)
+  results, samples = {}, {}
+  for task in tasks:
+    start = time.perf_counter()
+    prepared = harness.prepare(task, num_fewshot, fewshot_seed, limit)
+    compiled = time.perf_counter()
+    summary, records = harness.run(prepared, model.variables)
+    logging.info("%s: %d documents, %d-shot: prepared and compiled in %.1f s, scored in %.1f s.", task.name,
+                 len(records), num_fewshot, compiled - start, time.perf_counter() - compiled)
+    results[task.name] = {k: _json_number(v) for k, v in summary.items()}
+    samples[task.name] = records
+  return results, samples, harness.add_bos
+
+
+def main(argv):
+  if len(argv) > 1:
+    exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _MODEL.value is None:
+    exit_with("--model is required: a jaxtrain work directory or a Hugging Face Llama directory")
+  logging.get_absl_handler().addFilter(_QuietOrbax())
+  try:
+    tasks = load_tasks(_TASKS.value, _FEWSHOT_FILE.value)
+    check_output_path(_OUTPUT_PATH.value)
+    model = lm_lib.load(_MODEL.value, _STEP.value, dtype=_DTYPE.value)
+    results, samples, add_bos = evaluate(model, tasks, _NUM_FEWSHOT.value, fewshot_seed=_FEWSHOT_SEED.value,
+                                limit=_LIMIT.value, add_bos=_ADD_BOS.value, batch_tokens=_BATCH_TOKENS.value)
+  except UserError as e:
+    exit_with(e)
+  shots = {name: _NUM_FEWSHOT.value for name in results}
+  print(table(results, shots))
+  if _OUTPUT_PATH.value:
+    config = {"model": model.source, "tasks": _TASKS.value, "fewshot_file": _FEWSHOT_FILE.value,
+              "fewshot_seed": _FEWSHOT_SEED.value, "limit": _LIMIT.value, "add_bos_token": add_bos}
+    write_outputs(_OUTPUT_PATH.value, results, shots, config, samples if _LOG_SAMPLES.value else {})
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  app.run(main)
