@@ -17,10 +17,8 @@ checked before the model is loaded, and nothing is written unless all tasks ran.
 
 import json
 import logging as std_logging
-import math
 import os
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -86,10 +84,6 @@ def table(results, shots):
   return "\n".join(lines)
 
 
-def _json_number(value):
-  return None if isinstance(value, float) and math.isnan(value) else value
-
-
 def write_outputs(directory, results, shots, config, samples):
   """results.json and samples_TASK.jsonl, each written whole then renamed into place."""
   os.makedirs(directory, exist_ok=True)
@@ -104,26 +98,6 @@ def write_outputs(directory, results, shots, config, samples):
     os.replace(path + ".partial", path)
 
 
-def evaluate(model, tasks, num_fewshot, *, fewshot_seed=lm_tasks.FEWSHOT_SEED, limit=None, add_bos=None,
-             batch_tokens=8192):
-  """({task: summary}, {task: per-document records}, whether BOS went first) of an `LM` on
-  `tasks`."""
-  harness = harness_lib.Harness(model.module, model.strategy, model.variables, model.tokenizer,
-                                model.context_length, eos_ids=model.eos_ids, add_bos=add_bos,
-                                batch_tokens=batch_tokens)
-  results, samples = {}, {}
-  for task in tasks:
-    start = time.perf_counter()
-    prepared = harness.prepare(task, num_fewshot, fewshot_seed, limit)
-    compiled = time.perf_counter()
-    summary, records = harness.run(prepared, model.variables)
-    logging.info("%s: %d documents, %d-shot: prepared and compiled in %.1f s, scored in %.1f s.", task.name,
-                 len(records), num_fewshot, compiled - start, time.perf_counter() - compiled)
-    results[task.name] = {k: _json_number(v) for k, v in summary.items()}
-    samples[task.name] = records
-  return results, samples, harness.add_bos
-
-
 def main(argv):
   if len(argv) > 1:
     exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -134,7 +108,7 @@ def main(argv):
     tasks = load_tasks(_TASKS.value, _FEWSHOT_FILE.value)
     check_output_path(_OUTPUT_PATH.value)
     model = lm_lib.load(_MODEL.value, _STEP.value, dtype=_DTYPE.value)
-    results, samples, add_bos = evaluate(model, tasks, _NUM_FEWSHOT.value, fewshot_seed=_FEWSHOT_SEED.value,
+    results, samples, add_bos = harness_lib.evaluate(model, tasks, _NUM_FEWSHOT.value, fewshot_seed=_FEWSHOT_SEED.value,
                                 limit=_LIMIT.value, add_bos=_ADD_BOS.value, batch_tokens=_BATCH_TOKENS.value)
   except UserError as e:
     exit_with(e)

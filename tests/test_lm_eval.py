@@ -17,10 +17,10 @@ import pytest
 import hf_dirs
 from conftest import ROOT, tiny_lm
 from jaxtrain import lm as lm_lib
-from jaxtrain import lm_eval
 from jaxtrain import train
 from jaxtrain.config import duration
 from jaxtrain.errors import UserError
+from jaxtrain.evals import harness as harness_lib
 from jaxtrain.evals import lm_tasks
 from jaxtrain.evals.loglikelihood import Scorer, encode_pairs
 
@@ -114,7 +114,7 @@ def test_a_spec_with_a_prompt_template_classifies_zero_shot_like_the_same_task_w
   results = {}
   plain = write_jsonl(tmp_path / "plain.jsonl", written_out)
   for name, path in (("spec", str(tmp_path / "reviews.json")), ("plain", plain)):
-    results[name], _, _ = lm_eval.evaluate(model, [lm_tasks.load(path)], 0)
+    results[name], _, _ = harness_lib.evaluate(model, [lm_tasks.load(path)], 0)
   assert results["spec"]["reviews"] == results["plain"]["plain"]
   assert results["spec"]["reviews"]["n"] == 3
 

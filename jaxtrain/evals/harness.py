@@ -1,7 +1,7 @@
 """k-shot evaluation of a language model on a task (jaxtrain.evals.lm_tasks): builds the
 contexts, tokenizes and compiles at `prepare` (so an evaluator fails or compiles at
 start-up), scores at `run`. Shared by the `multiple_choice` / `generation` evaluators
-and `python -m jaxtrain.lm_eval`.
+and `python -m jaxtrain.lm_eval` (through `evaluate`, which notebooks can call too).
 
 Multiple choice: every (context, target_delimiter + choice) pair of the task is scored in
 one pass of length-bucketed batches (jaxtrain.evals.loglikelihood) and the sums regrouped
@@ -11,6 +11,10 @@ the first `until` string.
 """
 
 import dataclasses
+import math
+import time
+
+from absl import logging
 
 from jaxtrain import sampling
 from jaxtrain.errors import UserError
@@ -114,3 +118,27 @@ class Harness:
         completions[i] = completion[:min((completion.find(u) for u in until if u in completion),
                                          default=len(completion))]
     return completions
+
+
+def evaluate(model, tasks, num_fewshot, *, fewshot_seed=lm_tasks.FEWSHOT_SEED, limit=None, add_bos=None,
+             batch_tokens=8192):
+  """({task: summary}, {task: per-document records}, whether BOS went first) of a
+  `jaxtrain.lm.LM` on `tasks` (lm_tasks.Task): what `python -m jaxtrain.lm_eval` reports.
+  A NaN (the stderr of one document) comes back as None, as JSON has no NaN."""
+  harness = Harness(model.module, model.strategy, model.variables, model.tokenizer, model.context_length,
+                    eos_ids=model.eos_ids, add_bos=add_bos, batch_tokens=batch_tokens)
+  results, samples = {}, {}
+  for task in tasks:
+    start = time.perf_counter()
+    prepared = harness.prepare(task, num_fewshot, fewshot_seed, limit)
+    compiled = time.perf_counter()
+    summary, records = harness.run(prepared, model.variables)
+    logging.info("%s: %d documents, %d-shot: prepared and compiled in %.1f s, scored in %.1f s.", task.name,
+                 len(records), num_fewshot, compiled - start, time.perf_counter() - compiled)
+    results[task.name] = {k: _json_number(v) for k, v in summary.items()}
+    samples[task.name] = records
+  return results, samples, harness.add_bos
+
+
+def _json_number(value):
+  return None if isinstance(value, float) and math.isnan(value) else value
