@@ -22,6 +22,7 @@ once an older one has restored: never the last one, never into a fresh start.
 
 import dataclasses
 import json
+import logging as std_logging
 import os
 import sys
 from typing import Any
@@ -53,7 +54,8 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     faults.quiet_orbax_disk_full()
     faults.quiet_orbax_leftovers()
-    policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+    self._pinned = _Pinned()  # See keep_also.
+    policies = [ocp.checkpoint_managers.LatestN(n=keep), self._pinned]
     if keep_best:
       policies.append(ocp.checkpoint_managers.BestN(
           get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == "min", n=keep_best,
@@ -70,6 +72,12 @@ class Checkpointer:
 
   def due(self, step, total_steps):
     return config_lib.due(step, self.every_steps, total_steps)
+
+  def keep_also(self, step):
+    """Keeps checkpoint `step` beyond `keep` (early stopping's best), in place of the one
+    this named before. Call it before saving `step`: Orbax picks the checkpoints to
+    delete when a save starts (and deletes them once it is on disk)."""
+    self._pinned.steps = {step}
 
   def save(self, step, state, data_iterator, metadata, metrics_now):
     """`metadata`: JSON-able, e.g. {'pending': [{metric: float}, ...], ...}; `metrics_now`:
@@ -241,6 +249,15 @@ class Checkpointer:
     return faults.DiskFullAsOneLine(self.directory)
 
 
+class QuietReading(std_logging.Filter):
+  """Drops Orbax's warnings about what reading another run's checkpoints implies (the
+  directory is read-only, an item has no _CHECKPOINT_METADATA of its own): we asked for
+  exactly that, and they are not news to the user. Add it to absl's handler."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.ERROR or "/orbax/" not in record.pathname
+
+
 _OK, _DAMAGED, _FAILED = 0, 1, 2
 
 
@@ -257,6 +274,15 @@ def _steps(damaged):
 
 
 _ARRAY_ITEMS = faults.ARRAY_ITEMS
+
+
+@dataclasses.dataclass
+class _Pinned:
+  """Orbax preservation policy: keeps the checkpoints of `steps`, which may change."""
+  steps: set = dataclasses.field(default_factory=set)
+
+  def should_preserve(self, checkpoints, *, context):  # pylint: disable=unused-argument
+    return [info.step in self.steps for info in checkpoints]
 
 
 class _DataHandler(grain.checkpoint.CheckpointHandler):

@@ -12,7 +12,6 @@ line ('\\n' and '\\t' in a line stand for a newline and a tab), or, for a .jsonl
 """
 
 import json
-import logging as std_logging
 import os
 import sys
 
@@ -20,6 +19,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from jaxtrain import checkpoint
 from jaxtrain import lm as lm_lib
 from jaxtrain.errors import UserError, exit_with
 
@@ -35,13 +35,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed of the sampling.")
 _STOP = flags.DEFINE_multi_string("stop", [], "End a completion before this string ('\\n' escapes work).")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Computation dtype (default: the model's).")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write {'prompt', 'completion'} rows to this JSONL file.")
-
-
-class _QuietOrbax(std_logging.Filter):
-  """Orbax warns that it opened the checkpoints read-only, as we asked: not news here."""
-
-  def filter(self, record):
-    return record.levelno >= std_logging.ERROR or "/orbax/" not in record.pathname
 
 
 def _unescape(text):
@@ -70,7 +63,7 @@ def main(argv):
   if _MODEL.value is None:
     exit_with("--model is required: a jaxtrain work directory or a Hugging Face Llama directory")
   logging.set_verbosity(logging.WARNING)
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+  logging.get_absl_handler().addFilter(checkpoint.QuietReading())
   try:
     prompts = [_unescape(p) for p in _PROMPT.value] + (read_prompts(_PROMPTS_FILE.value) if _PROMPTS_FILE.value else [])
     if not prompts:

@@ -118,29 +118,48 @@ class _Files:
     return tensor[index[::-1]].T if transposed else tensor[index]
 
 
-def load_params(directory, abstract_params):
+def load_params(directory, abstract_params, allow_unused=False):
   """The params of an HF directory, each array created in the sharding of
-  `abstract_params` (a tree of ShapeDtypeStructs with shardings, e.g. Strategy.abstract_state)."""
-  flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+  `abstract_params` (a tree of ShapeDtypeStructs with shardings, e.g. Strategy.abstract_state).
+  A weight of the directory that no param reads is an error, unless `allow_unused` (a
+  subset of the params, as init_from reads)."""
+  flat = _flat(abstract_params)
   with contextlib.ExitStack() as stack:
     files = _Files(directory, stack)
-    used, loaded = set(), {}
-    for path, leaf in flat.items():
-      stacked = path.startswith("layers/")
-      names = [hf_name(path, i) for i in range(leaf.shape[0])] if stacked else [hf_name(path)]
-      for name, transposed in names:
-        _check_shape(files, name, transposed, leaf.shape[1:] if stacked else leaf.shape, directory)
-        used.add(name)
-      loaded[path] = jax.make_array_from_callback(
-          leaf.shape, leaf.sharding, lambda index, names=names, stacked=stacked, leaf=leaf: _read(
-              files, names, stacked, index, leaf.dtype))
-  unused = sorted(name for name in files.where if name not in used and not _IGNORED.search(name))
-  if unused:
+    names_of, unused = _check(files, flat, directory)
+    loaded = {path: jax.make_array_from_callback(
+        leaf.shape, leaf.sharding, lambda index, names=names_of[path], path=path, leaf=leaf: _read(
+            files, names, path.startswith("layers/"), index, leaf.dtype)) for path, leaf in flat.items()}
+  if unused and not allow_unused:
     raise UserError(f"{directory} holds weights jaxtrain's Llama has no place for: {', '.join(unused[:4])}"
                     f"{' ...' if len(unused) > 4 else ''}; is it a Llama checkpoint?")
   leaves = [loaded[path] for path in flat]
   return jax.tree.unflatten(jax.tree.structure(abstract_params), leaves)
+
+
+def check_weights(directory, abstract_params):
+  """The weights of an HF directory that `abstract_params` would not read; raises, reading
+  only the files' headers, where one it would read is missing or of another shape."""
+  with contextlib.ExitStack() as stack:
+    return _check(_Files(directory, stack), _flat(abstract_params), directory)[1]
+
+
+def _flat(abstract_params):
+  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+
+
+def _check(files, flat, directory):
+  """({param path: its HF names}, the directory's weights no param reads)."""
+  names_of = {}
+  for path, leaf in flat.items():
+    stacked = path.startswith("layers/")
+    names = [hf_name(path, i) for i in range(leaf.shape[0])] if stacked else [hf_name(path)]
+    for name, transposed in names:
+      _check_shape(files, name, transposed, leaf.shape[1:] if stacked else leaf.shape, directory)
+    names_of[path] = names
+  used = {name for names in names_of.values() for name, _ in names}
+  return names_of, sorted(name for name in files.where if name not in used and not _IGNORED.search(name))
 
 
 def _check_shape(files, name, transposed, shape, directory):

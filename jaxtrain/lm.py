@@ -28,6 +28,7 @@ from absl import logging
 from jaxtrain import checkpoint
 from jaxtrain import config as config_lib
 from jaxtrain import hf_llama
+from jaxtrain import lora as lora_lib
 from jaxtrain import models
 from jaxtrain import parallel
 from jaxtrain import sampling
@@ -64,6 +65,7 @@ class LM:
     self.context_length, self.source = context_length, source
     self.strategy = strategy or strategy_for()  # Where the variables are (and batches go).
     self.eos_ids = tuple(eos_ids)
+    self.lora = None  # A LoRA run's (lora.Spec, its adapters' params): what `export --format=peft` writes.
     self._logits = jax.jit(lambda variables, tokens: module.apply(variables, tokens, train=False)[0])
     eos_ids = sorted(set(eos_ids) | ({tokenizer.eos_id} - {None}))
     self.sampler = sampling.Sampler(module, variables, eos_ids=eos_ids, pad_id=tokenizer.pad_id)
@@ -110,10 +112,12 @@ def strategy_for(parallel_config=None):
   return parallel.Strategy(config_lib.Reader(ml_collections.ConfigDict(parallel_config or DEFAULT_PARALLEL)))
 
 
+EXAMPLE = ([np.zeros((1, 8), np.int32)], {})  # Inputs to initialise a language model with.
+
+
 def abstract_variables(module, strategy):
   """The shapes, dtypes and shardings of `module`'s variables under `strategy`."""
-  example = ([np.zeros((1, 8), np.int32)], {})
-  return strategy.abstract_state(lambda: step_lib.init_variables(module, example, 0))
+  return strategy.abstract_state(lambda: step_lib.init_variables(module, EXAMPLE, 0))
 
 
 def _load_hf(directory, strategy, dtype):
@@ -136,6 +140,7 @@ def _load_run(workdir, step, strategy, dtype):
   module = models.build(model_config)
   if dtype:
     module = module.clone(dtype=dtype)
+  module = lora_lib.wrap(cfg.section("lora"), module, EXAMPLE)
   tokenizer = run_tokenizer(workdir, cfg.section("input").section("data"))
   _check_tokenizer(tokenizer, module, workdir)
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
@@ -148,7 +153,13 @@ def _load_run(workdir, step, strategy, dtype):
   finally:
     ckpt.close()
   context = cfg.section("input").section("data").get("seq_len", kind=int)
-  return LM(module, variables, tokenizer, context, f"{workdir} step {step}", strategy=strategy)
+  if not isinstance(module, lora_lib.LoRAModel):
+    return LM(module, variables, tokenizer, context, f"{workdir} step {step}", strategy=strategy)
+  # LoRA: the adapters folded into the kernels, so decoding and export see a plain Llama.
+  merged = {**variables, "params": lora_lib.merge(variables["params"], module.spec.scale)}
+  lm = LM(module.base, merged, tokenizer, context, f"{workdir} step {step} (LoRA merged)", strategy=strategy)
+  lm.lora = (module.spec, variables["params"])
+  return lm
 
 
 def _run_config(workdir):

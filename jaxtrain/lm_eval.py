@@ -16,7 +16,6 @@ checked before the model is loaded, and nothing is written unless all tasks ran.
 """
 
 import json
-import logging as std_logging
 import os
 import sys
 
@@ -24,6 +23,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from jaxtrain import checkpoint
 from jaxtrain import lm as lm_lib
 from jaxtrain.errors import UserError, exit_with
 from jaxtrain.evals import harness as harness_lib
@@ -43,11 +43,6 @@ _ADD_BOS = flags.DEFINE_bool("add_bos_token", None, "BOS before every context. D
                              "the tokenizer itself adds one (Llama's do; jaxtrain's own do not).")
 _BATCH_TOKENS = flags.DEFINE_integer("batch_tokens", 8192, "Tokens per scoring batch.", lower_bound=1)
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Computation dtype (default: the model's).")
-
-
-class _QuietOrbax(std_logging.Filter):
-  def filter(self, record):
-    return record.levelno >= std_logging.ERROR or "/orbax/" not in record.pathname
 
 
 def load_tasks(tasks_flag, fewshot_flag):
@@ -103,7 +98,7 @@ def main(argv):
     exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
   if _MODEL.value is None:
     exit_with("--model is required: a jaxtrain work directory or a Hugging Face Llama directory")
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+  logging.get_absl_handler().addFilter(checkpoint.QuietReading())
   try:
     tasks = load_tasks(_TASKS.value, _FEWSHOT_FILE.value)
     check_output_path(_OUTPUT_PATH.value)

@@ -68,7 +68,13 @@ def _weights(batch, loss):
   return jnp.broadcast_to(weights, loss.shape)
 
 
-def make_train_step(model, task, tx, lr_fn, *, skip_nonfinite=False, accumulate_steps=1, axis_name=None):
+def abstract_params(model, example_inputs, seed):
+  """The shapes of the model's params, computing nothing (what optim.param_groups reads)."""
+  return jax.eval_shape(lambda: init_variables(model, example_inputs, seed))["params"]
+
+
+def make_train_step(model, task, tx, lr_fn, *, skip_nonfinite=False, accumulate_steps=1, axis_name=None,
+                    trainable=None):
   """(state, batch) -> (state, metrics): one optimizer step on the batch's weighted mean loss.
 
   The loss is sum(loss * weights) / sum(weights) over the whole global batch, however it
@@ -82,10 +88,20 @@ def make_train_step(model, task, tx, lr_fn, *, skip_nonfinite=False, accumulate_
   With `skip_nonfinite`, a step whose loss, gradients or new parameters are not finite
   changes nothing but the step counter (so the data and RNG move on) and the optimizer's
   step counts (so its schedule stays that of `state.step`, the one logged), and reports
-  `skipped` = 1."""
+  `skipped` = 1.
 
-  def sums(params, model_state, batch, rng):
-    """The task's weighted sums; the loss's is differentiated."""
+  `trainable` (a tree of bools like the params, as optim.param_groups gives; None: all)
+  leaves the other params out of the differentiation, so XLA computes no gradient for
+  them (nor sums them over devices): `tx` must give them zero updates, and they are
+  carried over unchanged, bit for bit. Gradient norms and clipping see trainable params only.
+  Measured on the digits CNN (151,402 params, batch 128, adamw; 2-core CPU, 2026-11-24),
+  everything frozen but the head (1,290 params) against nothing frozen: 300 vs 900 MFLOPs
+  per step, compiled temporaries 3.2 vs 23.2 MB, optimizer state 10 KB vs 1.2 MB, step
+  3.9 vs 22.6 ms. An lr_mult of 0 instead of freezing saves none of it (21.5 ms)."""
+
+  def sums(trained, frozen, model_state, batch, rng):
+    """The task's weighted sums; the loss's is differentiated w.r.t. `trained`."""
+    params = trained if trainable is None else _merge(trainable, trained, frozen)
     (logits, _), model_state = apply(model, task, {"params": params, **model_state}, batch, train=True,
                                      rngs={"dropout": rng}, mutable=list(model_state))
     totals = weighted_sums(task, logits, batch)
@@ -93,7 +109,7 @@ def make_train_step(model, task, tx, lr_fn, *, skip_nonfinite=False, accumulate_
 
   grad_of_sums = jax.value_and_grad(sums, has_aux=True)
 
-  def accumulated(params, model_state, batch, rng):
+  def accumulated(params, frozen, model_state, batch, rng):
     """grad_of_sums over `accumulate_steps` microbatches, one after another, added up."""
     k = accumulate_steps
     # Example j*k + i goes to microbatch i: each device's own rows feed every microbatch.
@@ -102,11 +118,12 @@ def make_train_step(model, task, tx, lr_fn, *, skip_nonfinite=False, accumulate_
     def one(carry, inputs):
       i, microbatch = inputs
       total, model_state = carry
-      (loss_sum, (aux, model_state)), grads = grad_of_sums(params, model_state, microbatch, jax.random.fold_in(rng, i))
+      (loss_sum, (aux, model_state)), grads = grad_of_sums(params, frozen, model_state, microbatch,
+                                                           jax.random.fold_in(rng, i))
       return (jax.tree.map(jnp.add, total, (loss_sum, aux, grads)), model_state), None
 
     first = jax.tree.map(lambda x: x[0], micro)
-    (_, (aux_shapes, _)), _ = jax.eval_shape(grad_of_sums, params, model_state, first, rng)
+    (_, (aux_shapes, _)), _ = jax.eval_shape(grad_of_sums, params, frozen, model_state, first, rng)
     scalar = jnp.zeros((), jnp.float32)
     zeros = (scalar, jax.tree.map(jnp.zeros_like, aux_shapes), jax.tree.map(jnp.zeros_like, params))
     # XLA:CPU runs convolutions inside a loop ~10x slower (134 vs 10-11 ms, digits CNN):
@@ -121,15 +138,21 @@ def make_train_step(model, task, tx, lr_fn, *, skip_nonfinite=False, accumulate_
     if axis_name:  # pmap: each device its own dropout masks.
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
     compute = grad_of_sums if accumulate_steps == 1 else accumulated
-    (loss_sum, (aux, model_state)), grads = compute(state.params, state.model_state, batch, rng)
+    trained, frozen = (state.params, None) if trainable is None else _split(trainable, state.params)
+    (loss_sum, (aux, model_state)), grads = compute(trained, frozen, state.model_state, batch, rng)
     if axis_name:  # pmap: this device's sums -> the global batch's; batch statistics averaged.
       loss_sum, aux, grads = jax.lax.psum((loss_sum, aux, grads), axis_name)
       model_state = jax.tree.map(
           lambda x: jax.lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.floating) else x, model_state)
     del loss_sum  # aux holds it too.
     grads = jax.tree.map(lambda g: g / aux["weight"], grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    # Frozen params: zeros for tx's set_to_zero (which reads only their shapes; XLA drops
+    # them), and the old arrays themselves afterwards, not old + 0 (-0.0 + 0.0 is +0.0).
+    full_grads = grads if trainable is None else _merge(trainable, grads, jax.tree.map(jnp.zeros_like, frozen))
+    updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if trainable is not None:
+      params = _merge(trainable, params, state.params)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=dict(model_state))
     metrics = {
         **task.metrics(aux),
@@ -147,6 +170,17 @@ def make_train_step(model, task, tx, lr_fn, *, skip_nonfinite=False, accumulate_
     return new_state, metrics
 
   return train_step
+
+
+def _split(trainable, params):
+  """(trainable params, frozen params): trees like `params` with None in the other's places."""
+  pick = lambda keep: jax.tree.map(lambda t, p: p if t == keep else None, trainable, params)
+  return pick(True), pick(False)
+
+
+def _merge(trainable, trained, frozen):
+  """One tree from `_split`'s two (or any two trees like the params)."""
+  return jax.tree.map(lambda t, a, b: a if t else b, trainable, trained, frozen)
 
 
 def _norm(tree):

@@ -20,7 +20,10 @@ import numpy as np
 from jaxtrain import checkpoint
 from jaxtrain import config as config_lib
 from jaxtrain import data
+from jaxtrain import early_stopping
 from jaxtrain import evals
+from jaxtrain import init_from as init_from_lib
+from jaxtrain import lora as lora_lib
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import models
 from jaxtrain import optim
@@ -75,6 +78,8 @@ class Experiment:
   checkpointing: dict     # Checkpointer arguments.
   flops_per_example: float | None  # For MFU, when the model can say (see metrics.Progress).
   peak_flops: float | None         # Per second, all devices together.
+  early_stopping: Any = None       # An early_stopping.Rule, or None.
+  init_from: Any = None            # An init_from.Plan for a fresh start, or None.
 
 
 class NonFiniteLoss(UserError):
@@ -124,6 +129,7 @@ def build_model(cfg, data_):
                     f"ids; set model.vocab_size={tokenizer.vocab_size}")
   args, kwargs = task.model_inputs(first_batch)
   example = jax.tree.map(lambda x: np.zeros((1,) + x.shape[1:], x.dtype), (list(args), kwargs))
+  module = lora_lib.wrap(cfg.section("lora"), module, example)  # config.lora: adapters on Dense layers.
   return Model(name=cfg.model.name, module=module, task=task, example_inputs=example)
 
 
@@ -140,10 +146,11 @@ def abstract_variables(strategy, model, seed):
       functools.partial(step_lib.init_variables, model.module, model.example_inputs, seed)))
 
 
-def build(config):
+def build(config, workdir=None):
   """Everything a training run needs, from the config: data, model, optimizer, the train
-  and eval steps compiled for their shapes, evaluators. Any mistake fails here, before
-  anything is written."""
+  and eval steps compiled for their shapes, evaluators, and where `workdir` has no
+  checkpoint yet, the plan of `config.init_from`. Any mistake fails here, before anything
+  is written."""
   cfg = config_lib.Reader(config)
   strategy, accumulate_steps = build_strategy(cfg)
   seed = cfg.get("seed", 0, minimum=0)
@@ -152,11 +159,17 @@ def build(config):
   log_every = config_lib.steps(cfg, "log_every", default=min(50, total_steps), **data_.durations)
   model = build_model(cfg, data_)
 
-  tx, lr_fn = optim.build(cfg.optimizer, cfg.section("schedule"), total_steps=total_steps, **data_.durations)
+  # Parameter groups (optimizer.freeze, lr_mults, wd_mults) by name: shapes are enough. Logs the counts.
+  groups = optim.param_groups(cfg.optimizer, step_lib.abstract_params(model.module, model.example_inputs, seed),
+                              trainable_only=lora_lib.trainable_only(model.module))  # LoRA: adapters alone.
+  tx, lr_fn = optim.build(cfg.optimizer, cfg.section("schedule"), total_steps=total_steps, groups=groups,
+                          **data_.durations)
   create = functools.partial(step_lib.create_state, model.module, tx, model.example_inputs, seed)
   abstract_state = _must_fit("initialising the model", lambda: strategy.abstract_state(create))
+  init_plan = init_from_lib.plan_for(cfg.section("init_from"), abstract_state, model.module, workdir)
   step_fn = step_lib.make_train_step(model.module, model.task, tx, lr_fn, skip_nonfinite=cfg.get("skip_nonfinite", False),
-                                     accumulate_steps=accumulate_steps, axis_name=strategy.axis_name)
+                                     accumulate_steps=accumulate_steps, axis_name=strategy.axis_name,
+                                     trainable=groups.trainable)
   train_step = _must_fit("compiling the train step (input.pp, model, task, loss, optimizer)",
                          lambda: strategy.compile_train_step(step_fn, abstract_state, data_.first_batch))
 
@@ -165,12 +178,14 @@ def build(config):
   every_steps = config_lib.steps(ckpt_config, "every", default=None, **data_.durations)
   checkpointing = dict(every_steps=every_steps, keep=ckpt_config.get("keep", 3, minimum=1),
                        **_best_checkpoints(ckpt_config, evaluators, every_steps, log_every, model.task))
+  early = early_stopping.build(cfg.section("early_stopping"), evaluators)
   peak_flops = _peak_flops(cfg.get("peak_tflops_per_device", kind=float))
   config_lib.check_all_read(cfg)  # Every key was read: nothing in the config is a typo.
   return Experiment(config=config, strategy=strategy, data=data_, model=model, total_steps=total_steps,
                     log_every=log_every, create=create, abstract_state=abstract_state, train_step=train_step,
-                    evaluators=evaluators, checkpointing=checkpointing,
-                    flops_per_example=_flops_per_example(model, data_.first_batch), peak_flops=peak_flops)
+                    evaluators=evaluators, checkpointing=checkpointing, early_stopping=early,
+                    flops_per_example=_flops_per_example(model, data_.first_batch), peak_flops=peak_flops,
+                    init_from=init_plan)
 
 
 def run(config, workdir):
@@ -178,7 +193,7 @@ def run(config, workdir):
 
   Returns the metrics of the last log and evaluation, keyed '<prefix>/<name>'.
   """
-  exp = build(config)
+  exp = build(config, workdir)
   strategy, total_steps, steps_per_epoch = exp.strategy, exp.total_steps, exp.data.steps_per_epoch
 
   # ---- Work directory: fresh start or resume ------------------------------------------
@@ -189,6 +204,7 @@ def run(config, workdir):
   last = {}
   try:
     ckpt = checkpoint.Checkpointer(workdir, **exp.checkpointing)
+    stopping = early_stopping.Tracker(exp.early_stopping, ckpt)
     train_iter = data.pipeline.iterate(exp.data.train_ds, num_threads=exp.data.num_threads, prefetch=exp.data.prefetch)
     pending = []  # Per-step metrics since the last log: on the device until the next log.
     train_seconds = 0.0
@@ -200,9 +216,13 @@ def run(config, workdir):
       if int(state.step) > total_steps:
         raise UserError(f"the newest checkpoint in {workdir} is at step {int(state.step)}, past the "
                         f"{total_steps} steps this config trains for; raise the total or use a new --workdir")
+      if stopping.resume(metadata.get("early_stopping"), int(state.step)):
+        return metadata["metrics"]  # It stopped early: nothing to train, nothing written.
       logging.info("Resumed from checkpoint at step %d.", int(state.step))
     else:
       state = strategy.init(exp.create, exp.abstract_state)
+      if exp.init_from:
+        state = exp.init_from.apply(state)
     first_step = int(state.step)
     _write_config(workdir, config, first_step)
     _keep_tokenizer(workdir, getattr(exp.data.source, "tokenizer", None))
@@ -246,14 +266,18 @@ def run(config, workdir):
             writer.write_texts(step, scheduled.name, evals.texts_of(scheduled.evaluator))
             metrics_lib.log(metrics_lib.eval_line(scheduled.name, result))
             written.update(row)
+          save = stopping.after_evaluations(step, written) or save  # A new best, or the stop: saved.
           # After the evaluations: a saved step always has its rows, so a resume never skips one.
           if save:
             ckpt.save(step, state, train_iter, {"pending": pending, "metrics": {**last, **written},
                                                 "config": config.to_dict(),
-                                                "train_seconds": progress.train_seconds}, written)
+                                                "train_seconds": progress.train_seconds,
+                                                "early_stopping": stopping.state()}, written)
       last.update(written)
       if preempted:
         raise Preempted(step)  # `finally` waits for the save to be complete.
+      if stopping.stopped:
+        break  # Saved above; the reason is logged.
   except NonFiniteLoss as e:
     # A bad loss or gradient comes from the state saved just before the step: not a good
     # one to resume from (bad params are the step's own, and never saved).

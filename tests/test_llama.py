@@ -1,7 +1,10 @@
 """The Llama model against a numpy reference of Hugging Face's LlamaForCausalLM forward."""
 
+import functools
+import json
 import re
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -9,10 +12,11 @@ import numpy as np
 import optax
 import pytest
 
-from jaxtrain import models
+from conftest import tiny_lm
+from jaxtrain import lm, models, train
 from jaxtrain.config import Reader
 from jaxtrain.errors import UserError
-from jaxtrain.models.llama import Llama, flops_per_token, sharding_rules
+from jaxtrain.models.llama import Llama, attention, flops_per_token, sharding_rules
 
 TINY = dict(vocab_size=61, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=48)
 
@@ -276,3 +280,161 @@ def test_built_from_the_config_and_bad_values_refused():
     build(vocab_size=8, remat="ful")
   with pytest.raises(ValueError, match="num_kv_heads=3 must divide model.num_heads=4"):
     Llama(vocab_size=8, num_kv_heads=3)
+
+
+# ---- Dropout: embedding, attention probabilities, residual branches (training only) ----------
+
+RATES = ("embedding_dropout", "attention_dropout", "residual_dropout")
+ALL_RATES = dict.fromkeys(RATES, 0.3)
+
+
+def train_logits(model, params, tokens, seed=3):
+  """train=True with the dropout rng; jitted like `apply`, compiled once per model."""
+  return _train_logits(model, params, tokens, jax.random.PRNGKey(seed))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _train_logits(model, params, tokens, rng):
+  return model.apply({"params": params}, tokens, train=True, rngs={"dropout": rng})[0]
+
+
+@pytest.mark.parametrize("key", RATES + ("dropout",))
+@pytest.mark.parametrize("value", [-0.1, 1.0, float("nan"), "0.1"])
+def test_dropout_rates_outside_0_1_are_refused(key, value):
+  with pytest.raises(UserError, match=rf"model.{key}'? must be (a rate in \[0, 1\)|float), got"):
+    build(vocab_size=8, **{key: value})
+
+
+def test_dropout_and_residual_dropout_are_one_setting():
+  with pytest.raises(UserError, match="model.dropout=0.1 is model.residual_dropout's older name: set one, not both"):
+    build(vocab_size=8, dropout=0.1, residual_dropout=0.2)
+  assert build(vocab_size=8, dropout=0.0, residual_dropout=0.2).residual_rate == 0.2  # tiny_lm and code_lm set 0.0.
+  assert build(vocab_size=8, dropout=0.2).residual_rate == 0.2
+
+
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["loop", "scan"])
+def test_dropout_rates_change_nothing_at_evaluation_and_decoding(scan_layers):
+  tokens = tokens_of((2, 8))
+  plain, dropped = Llama(**TINY, scan_layers=scan_layers), Llama(**TINY, **ALL_RATES, scan_layers=scan_layers)
+  params = random_params(init(plain, tokens))
+  np.testing.assert_array_equal(apply(dropped, params, tokens)[0], apply(plain, params, tokens)[0])
+  segment_ids = jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 0], [1] * 8])
+  np.testing.assert_array_equal(apply(dropped, params, tokens, segment_ids=segment_ids)[0],
+                                apply(plain, params, tokens, segment_ids=segment_ids)[0])
+
+  def decode(model, params):  # Prefill 8 tokens into a 10-slot cache (only_last), then one more token.
+    valid = jnp.ones((2, 10), bool)
+    logits, out = model.apply({"params": params}, tokens, train=False, cache=model.init_cache(2, 10), cache_index=0,
+                              key_valid=valid, only_last=True)
+    step, _ = model.apply({"params": params}, tokens[:, :1], train=False, cache=out["cache"], cache_index=8,
+                          key_valid=valid)
+    return logits, step
+
+  decoded = [jax.jit(decode, static_argnums=0)(model, params) for model in (dropped, plain)]
+  for got, expected in zip(*decoded):
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_zero_rates_in_training_draw_no_rng_and_change_no_bit():
+  tokens = tokens_of((2, 8))
+  model = Llama(**TINY, **dict.fromkeys(RATES, 0.0))
+  params = random_params(init(model, tokens))
+  # No 'dropout' rng passed: a rate of 0 must not ask for one.
+  trained = jax.jit(lambda p, t: model.apply({"params": p}, t, train=True)[0])(params, tokens)
+  np.testing.assert_array_equal(trained, apply(Llama(**TINY), params, tokens)[0])
+
+
+@pytest.mark.parametrize("key", RATES)
+def test_each_rate_drops_in_training_a_function_of_the_rng(key):
+  tokens = tokens_of((2, 8))
+  model = Llama(**TINY, **{key: 0.1})
+  params = random_params(init(model, tokens))
+  evaluated = apply(model, params, tokens)[0]
+  first, again, other = (train_logits(model, params, tokens, seed) for seed in (3, 3, 4))
+  assert np.abs(first - evaluated).max() > 1e-3
+  assert np.abs(first - other).max() > 1e-3
+  np.testing.assert_array_equal(first, again)
+  assert np.all(np.isfinite(first))
+
+
+def test_dropout_is_residual_dropouts_older_name():
+  tokens = tokens_of((2, 8))
+  params = random_params(init(Llama(**TINY), tokens))
+  np.testing.assert_array_equal(train_logits(Llama(**TINY, dropout=0.2), params, tokens),
+                                train_logits(Llama(**TINY, residual_dropout=0.2), params, tokens))
+
+
+@pytest.mark.parametrize("heads", [(4, 2), (4, 4)], ids=["gqa", "mha"])
+def test_written_out_attention_is_the_fused_one(heads):
+  n, kv = heads
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.standard_normal((2, 6, n, 8)), jnp.float32)
+  k, v = (jnp.asarray(rng.standard_normal((2, 6, kv, 8)), jnp.float32) for _ in range(2))
+  segment_ids = jnp.asarray([[1, 1, 2, 2, 2, 0], [1] * 6])
+  mask = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+  for mask_, causal in ((None, True), (mask, True), (mask, False)):
+    expected = jax.nn.dot_product_attention(q, k, v, mask=mask_, is_causal=causal)
+    np.testing.assert_allclose(attention(q, k, v, mask_, causal, lambda p: p), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_scanned_layers_draw_their_own_masks():
+  """Each layer of the scan its own masks (split_rngs); the loop's layers have their own
+  names and so their own masks too. Scan and loop draw different masks for one rng: the
+  same distribution, another stream (as any change of layout)."""
+  tokens = tokens_of((2, 8))
+  model = Llama(**TINY, residual_dropout=0.5, attention_dropout=0.5, scan_layers=True)
+  params = random_params(init(model, tokens))
+  _, state = jax.jit(lambda p, r: model.apply(
+      {"params": p}, tokens, train=True, rngs={"dropout": r}, mutable=["intermediates"],
+      capture_intermediates=lambda module, _: isinstance(module, flax.linen.Dropout)))(params, jax.random.PRNGKey(3))
+  layers = state["intermediates"]["layers"]
+  residual = np.stack([a == 0 for a in layers["Dropout_0"]["__call__"]])  # [2 calls, 2 layers, B, T, D]
+  probs = np.asarray(layers["self_attn"]["Dropout_0"]["__call__"][0])  # [2 layers, B, K, G, T, S]
+  causal = np.tril(np.ones((8, 8), bool))
+  dropped_probs = (probs == 0)[..., causal]  # Above the diagonal the probabilities are 0 anyway.
+  for masks in (residual[0], residual[1], dropped_probs):
+    assert 0.4 < masks.mean() < 0.6
+    assert 0.4 < (masks[0] != masks[1]).mean() < 0.6  # Independent: they differ in about half.
+  assert 0.4 < (residual[0] != residual[1]).mean() < 0.6  # The attention and MLP branches too.
+
+
+def test_remat_replays_every_dropout_mask():
+  """As test_remat_changes_no_number, with every rate on; the scan only (remat inside
+  nn.scan, each layer with its own rng, is where the lifting could go wrong)."""
+  config = dict(TINY, **dict.fromkeys(RATES, 0.1))
+  tokens = tokens_of((2, 8))
+  params = stack_layers(random_params(init(Llama(**config), tokens)), 2)
+
+  def loss_and_grads(remat):
+    model = Llama(**config, scan_layers=True, remat=remat)
+
+    def loss(params):
+      logits, _ = model.apply({"params": params}, tokens, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
+      return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:]).mean()
+
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  loss, grads = loss_and_grads("none")
+  for remat in ("full", "dots"):
+    remat_loss, remat_grads = loss_and_grads(remat)
+    np.testing.assert_allclose(remat_loss, loss, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), remat_grads, grads)
+
+
+def test_tiny_lm_trains_with_dropout_and_evaluates_deterministically(tfds_dir, corpus, tmp_path):
+  config = tiny_lm(corpus)
+  config.model.update(embedding_dropout=0.1, attention_dropout=0.1, residual_dropout=0.1)
+  workdir = str(tmp_path / "run")
+  train.run(config, workdir)
+  with open(f"{workdir}/metrics.jsonl", encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f]
+  losses = [r["train/loss"] for r in rows if "train/loss" in r]
+  assert losses[-1] < losses[0] - 1.0
+  assert all(np.isfinite(r["val/loss"]) for r in rows if "val/loss" in r)
+  model = lm.load(workdir)
+  assert (model.module.attention_dropout, model.module.residual_rate) == (0.1, 0.1)
+  tokens = np.asarray(tokens_of((2, 16), vocab=384))
+  first = model.logits(tokens)
+  np.testing.assert_array_equal(model.logits(tokens), first)
+  plain = model.module.clone(**dict.fromkeys(RATES, 0.0))
+  np.testing.assert_array_equal(apply(plain, model.variables["params"], jnp.asarray(tokens))[0], first)

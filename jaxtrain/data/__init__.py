@@ -2,6 +2,7 @@
 
 import numbers
 
+from jaxtrain.data import mixture
 from jaxtrain.data import ops
 from jaxtrain.data import pipeline
 from jaxtrain.data import text
@@ -22,7 +23,21 @@ def open_from_config(data, default_data_dir=None, like=None, split_key="split"):
   `jaxtrain.data.text`. `like`, the training source, supplies the text settings (dataset,
   tokenizer, seq_len, data_dir) that an evaluator's section does not set; it is ignored for
   other data. `split_key` names the key that holds the split (a few-shot dataset has
-  `train_split` and `test_split`)."""
+  `train_split` and `test_split`).
+
+  Training data with a `mixture` section is a `mixture.Mixture` of sources (see
+  `jaxtrain.data.mixture`); an evaluator's section then names one in `source`."""
+  if "mixture" in data:
+    if like is not None or split_key != "split":
+      raise UserError(f"config key '{data.path('mixture')}': a mixture is for input.data; evaluate its sources one "
+                      f"at a time, each naming one in 'source'")
+    return mixture.open_mixture(data, lambda section, like_: _open_one(section, None, like_, "split"),
+                                default_data_dir)
+  data, like = mixture.for_evaluation(data, like)
+  return _open_one(data, default_data_dir, like, split_key)
+
+
+def _open_one(data, default_data_dir, like, split_key):
   if text.is_text(data, like):
     return text.open_from_config(data, default_data_dir, like=like)
   split = data.get(split_key, REQUIRED, kind=str)
@@ -44,5 +59,5 @@ def _class_ids(data):
   return tuple(int(v) for v in values)
 
 
-__all__ = ["ops", "pipeline", "text", "tokenizers", "ClassSubset", "PackedSource", "keep_classes", "open_source",
-           "open_from_config"]
+__all__ = ["mixture", "ops", "pipeline", "text", "tokenizers", "ClassSubset", "PackedSource", "keep_classes",
+           "open_source", "open_from_config"]

@@ -29,14 +29,17 @@ def train_dataset(source, *, preprocess, global_batch_size, seed, process_index=
   Each epoch is a fresh seeded permutation, cut into global batches with the remainder
   dropped. Every global batch is the same whatever the number of processes: process p
   takes the p-th contiguous slice of it, and random augmentation is drawn for the whole
-  global batch before slicing.
+  global batch before slicing. A mixture (data.mixture) orders its examples itself, as
+  a closed-form function of their place in the stream; epochs and slicing are the same.
   """
   _check_divides(global_batch_size, process_count)
   num_examples = len(source)
   batches_per_epoch = num_examples // global_batch_size
   if batches_per_epoch == 0:
-    raise UserError(f"input.batch_size={global_batch_size} is larger than the {num_examples} "
-                    f"training examples; use a smaller batch size")
+    what = getattr(source, "epoch_description", f"the {num_examples} training examples")
+    raise UserError(f"input.batch_size={global_batch_size} is larger than {what}; use a smaller batch size")
+  # A mixture orders its own examples: slot j of its stream is fixed by j (see data.mixture).
+  ordered = hasattr(source, "read_positions")
   local = global_batch_size // process_count
   start = process_index * local
 
@@ -45,9 +48,12 @@ def train_dataset(source, *, preprocess, global_batch_size, seed, process_index=
     return np.random.default_rng([_PERMUTATION, seed, epoch]).permutation(num_examples)
 
   def make_batch(k):
-    epoch, b = divmod(k, batches_per_epoch)
-    first = b * global_batch_size + start
-    batch = source.read(permutation(epoch)[first:first + local])
+    if ordered:
+      batch = source.read_positions(k * global_batch_size + start + np.arange(local), seed)
+    else:
+      epoch, b = divmod(k, batches_per_epoch)
+      first = b * global_batch_size + start
+      batch = source.read(permutation(epoch)[first:first + local])
     return preprocess(batch, BatchRng([_AUGMENTATION, seed, k], global_batch_size, start, local))
 
   return grain.MapDataset.range(sys.maxsize).map(make_batch)

@@ -23,6 +23,13 @@ Decoding with a KV cache (`jaxtrain.sampling`): pass `cache` (from `init_cache`)
 `cache_index` where `tokens` go, and `key_valid` [B, S] (False on left padding); the model
 writes the new keys and values there, attends to every valid slot up to its own, and returns
 the updated cache as `out['cache']`.
+
+Dropout, in training only (`train=True`; evaluation and decoding never drop): on the
+embeddings (`embedding_dropout`), on the attention probabilities (`attention_dropout`, HF's
+field of that name), and on each sublayer's output before it joins the residual stream
+(`residual_dropout`; `dropout`, its older name, when it is unset). A rate of 0 draws no
+random bits and computes exactly what a model without the field computes; so does every rate
+at train=False.
 """
 
 import functools
@@ -113,6 +120,8 @@ class Attention(nn.Module):
   num_kv_heads: int
   head_dim: int
   dtype: str
+  dropout: float = 0.0        # On the attention probabilities.
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
@@ -129,8 +138,31 @@ class Attention(nn.Module):
     # K and V keep their fewer heads (GQA is native here); the segment mask has one head
     # that broadcasts over all, and is_causal adds the triangle. implementation=None is XLA
     # in jax 0.10; 'cudnn' would take the mask as a dense [B, 1, T, T] bias.
-    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, is_causal=cache is None)
+    k, v = k.astype(q.dtype), v.astype(q.dtype)
+    if self.dropout > 0 and not self.deterministic:
+      drop = nn.Dropout(self.dropout, deterministic=False)
+      out = attention(q, k, v, mask, cache is None, drop)
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=cache is None)
     return _dense(self.dim, self.dtype, "o_proj")(out.reshape(b, t, -1)), cache
+
+
+def attention(q, k, v, mask, is_causal, drop_probs):
+  """jax.nn.dot_product_attention's XLA computation written out so that `drop_probs` can
+  drop attention probabilities, which the fused call cannot: q [B, T, N, H], k and v
+  [B, S, K, H] (K divides N), mask None or [B, 1, T, S]. Used only where attention dropout
+  is on: elsewhere the fused call stays, and with it the logits (and the HF parity)."""
+  b, t, n, hd = q.shape
+  s, kv = k.shape[1], k.shape[2]
+  q = q.reshape(b, t, kv, n // kv, hd)  # Query head n reads key-value head n // (N / K).
+  logits = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
+  keep = jnp.ones((t, s), bool) if mask is None else mask[:, :, None]  # [B, 1, 1, T, S]
+  if is_causal:
+    keep = keep & jnp.tril(jnp.ones((t, s), bool))
+  # jax's large negative, not -inf: a row with every key masked stays finite.
+  logits = jnp.where(keep, logits, -0.7 * jnp.finfo(jnp.float32).max)
+  probs = drop_probs(jax.nn.softmax(logits, axis=-1)).astype(v.dtype)
+  return jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, n, hd)
 
 
 class MLP(nn.Module):
@@ -155,16 +187,19 @@ class Block(nn.Module):
   head_dim: int
   mlp_dim: int
   norm_eps: float
-  dropout: float
+  residual_dropout: float
+  attention_dropout: float
   dtype: str
   deterministic: bool  # A field, not an argument: nn.scan and nn.remat then need no static args.
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
-    drop = nn.Dropout(self.dropout, deterministic=self.deterministic)
+    # One module called twice: the two calls draw different masks (flax counts the calls).
+    drop = nn.Dropout(self.residual_dropout, deterministic=self.deterministic)
     h = RMSNorm(self.norm_eps, self.dtype, name="input_layernorm")(x)
-    h, cache = Attention(self.dim, self.num_heads, self.num_kv_heads, self.head_dim, self.dtype, name="self_attn")(
-        h, cos, sin, mask, cache, cache_index)
+    h, cache = Attention(self.dim, self.num_heads, self.num_kv_heads, self.head_dim, self.dtype,
+                         self.attention_dropout, self.deterministic, name="self_attn")(h, cos, sin, mask, cache,
+                                                                                       cache_index)
     x = x + drop(h)
     h = RMSNorm(self.norm_eps, self.dtype, name="post_attention_layernorm")(x)
     x = x + drop(MLP(self.dim, self.mlp_dim, self.dtype, name="mlp")(h))
@@ -195,7 +230,11 @@ class Llama(nn.Module):
   rope_scaling: dict | None = None  # HF's: {'rope_type': 'llama3', 'factor': 8.0, ...}, see rope_frequencies.
   norm_eps: float = 1e-5
   tie_embeddings: bool = False
-  dropout: float = 0.0      # On the residual branches, in training only.
+  # Dropout rates in [0, 1), in training only (see the module doc).
+  embedding_dropout: float = 0.0  # On the token embeddings, before the first layer.
+  attention_dropout: float = 0.0  # On the attention probabilities (HF's attention_dropout).
+  residual_dropout: float | None = None  # On each sublayer's output before the residual add; None: `dropout`.
+  dropout: float = 0.0      # The residual rate's older name, kept for existing configs.
   dtype: str = "float32"    # Of the computation; params stay float32, logits come back float32.
   scan_layers: bool = False  # One nn.scan over stacked layers: compile time independent of depth.
   remat: str = "none"       # Recompute activations in the backward pass: 'none', 'full' or 'dots'.
@@ -210,7 +249,20 @@ class Llama(nn.Module):
     if self.head_size % 2:
       raise ConfigError(f"the head dimension must be even for RoPE, got {self.head_size}")
     _check_rope_scaling(self.rope_scaling)
+    for key in ("embedding_dropout", "attention_dropout", "residual_dropout", "dropout"):
+      rate = getattr(self, key)
+      if key == "residual_dropout" and rate is None:
+        continue
+      # `not 0 <= rate < 1` also refuses NaN; 1 would drop everything (and divide by 0).
+      if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ConfigError(f"model.{key} must be a rate in [0, 1), got {rate!r}")
+    if self.residual_dropout is not None and self.dropout:
+      raise ConfigError(f"model.dropout={self.dropout} is model.residual_dropout's older name: set one, not both")
     super().__post_init__()
+
+  @property
+  def residual_rate(self):
+    return self.dropout if self.residual_dropout is None else self.residual_dropout
 
   @property
   def kv_heads(self):
@@ -243,16 +295,19 @@ class Llama(nn.Module):
       mask = key_valid[:, None, None, :] & (slots <= cache_index + jnp.arange(t)[:, None])[None, None]
 
     embed = nn.Embed(self.vocab_size, self.dim, dtype=self.dtype, embedding_init=_init(), name="embed_tokens")
-    x = embed(tokens)
+    x = nn.Dropout(self.embedding_dropout, deterministic=not train)(embed(tokens))
     block = Block
     if self.remat != "none":
       # prevent_cse guards against XLA merging the recomputation away; a scan body already does.
       block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
     sizes = dict(dim=self.dim, num_heads=self.num_heads, num_kv_heads=self.kv_heads, head_dim=self.head_size,
-                 mlp_dim=self.hidden_size, norm_eps=self.norm_eps, dropout=self.dropout, dtype=self.dtype,
-                 deterministic=not train)
+                 mlp_dim=self.hidden_size, norm_eps=self.norm_eps, residual_dropout=self.residual_rate,
+                 attention_dropout=self.attention_dropout, dtype=self.dtype, deterministic=not train)
     if self.scan_layers:  # The cache's arrays are stacked over layers too: scanned along axis 0.
-      block = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+      # split_rngs: each layer its own dropout masks. 'intermediates' stacked like the params:
+      # without it, capture_intermediates and sow in the layers are dropped without a word.
+      block = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},
+                      split_rngs={"params": True, "dropout": True},
                       in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast), length=self.num_layers)
       x, cache = block(**sizes, name="layers")(x, cos, sin, mask, cache, cache_index)
     else:  # One cache per layer: each updated in place, where slicing a stacked one would copy it.
