@@ -90,7 +90,7 @@ def main():
   with tempfile.TemporaryDirectory() as work:
     os.environ["TFDS_DATA_DIR"] = os.path.join(work, "data")  # The tokenizer and token caches.
     import hf_dirs  # pylint: disable=import-outside-toplevel
-    from jaxtrain import export, lm, train  # pylint: disable=import-outside-toplevel
+    from jaxtrain import hf_peft, lm, train  # pylint: disable=import-outside-toplevel
     corpus = os.path.join(work, "corpus")
     os.makedirs(corpus)
     for name in MODULES:
@@ -99,8 +99,8 @@ def main():
     run = os.path.join(work, "run")
     train.run(lora_config(corpus, hf), run)
     ours = lm.load(run).logits(hf_dirs.TOKENS)
-    export.export(run, "peft", os.path.join(work, "peft"))
-    export.export(run, "hf", os.path.join(work, "merged"))
+    hf_peft.export(run, "peft", os.path.join(work, "peft"))
+    hf_peft.export(run, "hf", os.path.join(work, "merged"))
 
     base = transformers.LlamaForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
     adapted = peft.PeftModel.from_pretrained(base, os.path.join(work, "peft")).eval()

@@ -17,7 +17,7 @@ import pytest
 
 import hf_dirs
 from conftest import ROOT, read_checkpoint, tiny_lm
-from jaxtrain import export as export_lib
+from jaxtrain import hf_peft as export_lib
 from jaxtrain import hf_llama
 from jaxtrain import lm as lm_lib
 from jaxtrain import lora
