@@ -129,7 +129,8 @@ def build_model(cfg, data_):
                     f"ids; set model.vocab_size={tokenizer.vocab_size}")
   args, kwargs = task.model_inputs(first_batch)
   example = jax.tree.map(lambda x: np.zeros((1,) + x.shape[1:], x.dtype), (list(args), kwargs))
-  module = lora_lib.wrap(cfg.section("lora"), module, example)  # config.lora: adapters on Dense layers.
+  module = _must_fit("initialising the model",  # config.lora: adapters on Dense layers.
+                     lambda: lora_lib.wrap(cfg.section("lora"), module, example))
   return Model(name=cfg.model.name, module=module, task=task, example_inputs=example)
 
 
@@ -160,7 +161,9 @@ def build(config, workdir=None):
   model = build_model(cfg, data_)
 
   # Parameter groups (optimizer.freeze, lr_mults, wd_mults) by name: shapes are enough. Logs the counts.
-  groups = optim.param_groups(cfg.optimizer, step_lib.abstract_params(model.module, model.example_inputs, seed),
+  params_shapes = _must_fit("initialising the model",
+                            lambda: step_lib.abstract_params(model.module, model.example_inputs, seed))
+  groups = optim.param_groups(cfg.optimizer, params_shapes,
                               trainable_only=lora_lib.trainable_only(model.module))  # LoRA: adapters alone.
   tx, lr_fn = optim.build(cfg.optimizer, cfg.section("schedule"), total_steps=total_steps, groups=groups,
                           **data_.durations)

@@ -202,6 +202,7 @@ print(json.dumps(evaluators["fewshot"].run(variables)))
 """
 
 
+@pytest.mark.slow
 def test_eight_devices_give_the_results_of_one(built):
   evaluators, variables, _ = built
   one = evaluators["fewshot"].run(variables)

@@ -72,7 +72,7 @@ def test_a_mistyped_key_in_a_config_file_is_one_line_and_touches_nothing(tfds_di
   assert result.returncode == 2
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert errors == ["error: unknown config key 'optimizer.lrr' (did you mean 'optimizer.lr'?); "
-                    "optimizer 'adamw' takes b1, b2, eps, grad_clip_norm, lr, name, weight_decay"]
+                    "optimizer 'adamw' takes b1, b2, eps, freeze, grad_clip_norm, lr, lr_mults, name, wd_mults, weight_decay"]
   assert "Traceback" not in result.stderr
   assert not workdir.exists()
 

@@ -205,6 +205,7 @@ def test_a_generation_evaluator_needs_a_generation_task(tfds_dir, corpus, tmp_pa
     train.build(config)
 
 
+@pytest.mark.slow
 def test_8_devices_score_as_one(model, tmp_path):
   mc = write_jsonl(tmp_path / "mc.jsonl", MC)
   outputs = {}

@@ -273,6 +273,7 @@ def curves_and_params(workdir, like=None):
   return curves, read_checkpoint(workdir, 30, like)
 
 
+@pytest.mark.slow
 def test_eight_devices_with_fsdp_or_pmap_train_frozen_params_as_one_device(tfds_dir, tmp_path):
   one = str(tmp_path / "one")
   train.run(frozen_config(), one)
