@@ -29,8 +29,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-TOLERANCE = 1e-4
-DATA = os.path.join(ROOT, "tests", "data")
+import check_hf_parity  # pylint: disable=wrong-import-position  (beside this script: its Report, torch_logits)
+from check_hf_parity import DATA, TOLERANCE, torch_logits, torch_model  # pylint: disable=wrong-import-position
 VARIANT = "untied_llama3"
 TARGETS = ("q_proj", "v_proj", "mlp/down_proj", "lm_head", "layers_1/self_attn/k_proj")  # The last: one layer.
 # tests/conftest.py's LM_MODULES: the text the LoRA fine-tune trains on.
@@ -56,20 +56,7 @@ def lora_config(corpus, hf, steps=20):
   return config
 
 
-def torch_logits(model, tokens):
-  import torch  # pylint: disable=import-outside-toplevel
-  with torch.no_grad():
-    return model(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.float().numpy()
-
-
-class Report:
-  def __init__(self):
-    self.failed = 0
-
-  def check(self, what, ok, detail):
-    print(f"{'ok  ' if ok else 'FAIL'} {what}: {detail}")
-    self.failed += not ok
-
+class Report(check_hf_parity.Report):
   def close(self, what, got, want):
     diff = float(np.abs(got - want).max())
     self.check(what, got.shape == want.shape and diff <= TOLERANCE, f"max |diff| = {diff:.2e}")
@@ -102,7 +89,7 @@ def main():
     hf_peft.export(run, "peft", os.path.join(work, "peft"))
     hf_peft.export(run, "hf", os.path.join(work, "merged"))
 
-    base = transformers.LlamaForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+    base = torch_model(hf)
     adapted = peft.PeftModel.from_pretrained(base, os.path.join(work, "peft")).eval()
     theirs = torch_logits(adapted, hf_dirs.TOKENS)
     report.close("export --format=peft in peft vs jaxtrain", theirs, ours)
@@ -110,7 +97,7 @@ def main():
     report.check("the fine-tune moved the logits away from the base", moved > 1e-3, f"max |diff| = {moved:.2e}")
     report.close("peft's merge_and_unload vs jaxtrain", torch_logits(adapted.merge_and_unload(), hf_dirs.TOKENS),
                  ours)
-    merged = transformers.LlamaForCausalLM.from_pretrained(os.path.join(work, "merged"), dtype=torch.float32).eval()
+    merged = torch_model(os.path.join(work, "merged"))
     report.close("export --format=hf in transformers vs jaxtrain", torch_logits(merged, hf_dirs.TOKENS), ours)
     if args.write:
       target = os.path.join(DATA, "peft_adapter")
