@@ -14,6 +14,7 @@ from absl import logging
 from jaxtrain import checkpoint
 from jaxtrain import config as config_lib
 from jaxtrain import evals
+from jaxtrain import init_from as init_from_lib
 from jaxtrain import metrics as metrics_lib
 from jaxtrain import train
 from jaxtrain.errors import UserError
@@ -21,7 +22,7 @@ from jaxtrain.errors import UserError
 
 def run(config, workdir, step=None):
   """Returns {'<evaluator>/<metric>': value} for checkpoint `step` (default: the newest)."""
-  cfg = config_lib.Reader(config)
+  cfg = config_lib.Reader(init_from_lib.resolve_model(config, workdir))
   strategy, _ = train.build_strategy(cfg)
   seed = cfg.get("seed", 0, minimum=0)
   data = train.build_data(cfg, strategy, seed)

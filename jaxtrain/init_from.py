@@ -6,6 +6,13 @@
                             ignore=("params/head/",),                 # left at their fresh init
                             rename=(("^params/encoder/(.*)", r"params/\\1"),))  # new name -> old
 
+    config.init_from = dict(workdir="runs/code_lm", model=True)     # its architecture too
+
+`model=True` takes the model section from the source (a run's config.json, or the Hugging
+Face config.json) and, where input.data.tokenizer is unset, its tokenizer: an experiment
+can then fine-tune whatever model it is given (experiments/email_assistant.py). Keys the
+config's own `model` sets win (dropout rates, dtype, remat); see `resolve_model`.
+
 The model's variables are loaded: params and state such as BatchNorm statistics (named
 'params/Conv_0/kernel', 'batch_stats/BatchNorm_0/mean'), never the optimizer state, step
 or data position, which start afresh. Each array of the new model is matched by name: an
@@ -20,19 +27,24 @@ It applies to a fresh start only: a work directory with checkpoints resumes its 
 the source is not read (it may be gone by then).
 """
 
+import copy
 import dataclasses
+import json
 import os
 import re
 
 from absl import logging
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxtrain import checkpoint
+from jaxtrain import config as config_lib
 from jaxtrain import hf_llama
 from jaxtrain import models
 from jaxtrain import paths
+from jaxtrain.data import text as text_lib
 from jaxtrain.errors import UserError, first_line
 
 
@@ -49,9 +61,12 @@ class Plan:
 
   def log(self):
     show = lambda names: ", ".join(names) if names else "none"  # noqa: E731
+    adapters = [n for n in self.missing if n.endswith(("/lora_A", "/lora_B"))]  # Fresh by design: one count.
+    missing = show([n for n in self.missing if n not in adapters]) + (
+        f" (and the {len(adapters)} LoRA adapter arrays)" if adapters else "")
     logging.info("init_from %s: loaded %d arrays (%s values); left fresh by init_from.ignore: %s; left fresh, "
                  "not in the checkpoint: %s; unused from the checkpoint: %s.", self.source.what, len(self.reads),
-                 f"{self.loaded_values:,}", show(self.ignored), show(self.missing), show(self.unused))
+                 f"{self.loaded_values:,}", show(self.ignored), missing, show(self.unused))
 
   def apply(self, state):
     """`state` (a fresh TrainState) with the planned arrays read from the source, each in
@@ -98,9 +113,8 @@ def plan(section, abstract_state, module=None):
 
 def _plan(section, abstract_state, module):
   workdir, hf_dir = section.get("workdir", kind=str), section.get("hf_dir", kind=str)
-  if (workdir is None) == (hf_dir is None):
-    raise UserError("config key 'init_from' needs one of workdir= (a jaxtrain run) or hf_dir= (a Hugging Face "
-                    "Llama directory)" + (", not both" if workdir else ""))
+  section.get("model", False)  # Used by resolve_model, before the model was built.
+  _check_one_source(workdir, hf_dir)
   if workdir is not None:
     source = _RunSource(os.path.expanduser(workdir), section)
   else:
@@ -140,6 +154,93 @@ def _plan(section, abstract_state, module):
   return Plan(source=source, reads=reads, ignored=ignored, missing=missing,
               unused=sorted(n for n in source.shapes if n not in used),
               loaded_values=sum(int(np.prod(new[n].shape)) for n in reads))
+
+
+# ---- init_from.model=True: the model section and tokenizer of the source ------------------
+
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")  # What a run keeps beside config.json.
+
+
+def resolve_model(config, workdir=None):
+  """`config` with the source's architecture when `init_from.model` is True, else `config`.
+
+  The model section becomes the source's (a run's config.json; a Hugging Face directory's
+  config.json), with the keys this config's `model` sets on top (dropout rates, dtype,
+  scan_layers, remat); an unset `input.data.tokenizer` becomes the source's tokenizer
+  file. A resumed run (`workdir` has checkpoints) takes both from its own config.json and
+  tokenizer copy instead, so the source may be gone by then. Returns a copy."""
+  section = config.get("init_from")
+  if not section or not section.get("model"):
+    return config
+  if not isinstance(section.get("model"), bool):
+    raise UserError(f"config key 'init_from.model' must be True or False, got {section.get('model')!r}")
+  saved = _saved_config(workdir)
+  if saved is not None:
+    base, tokenizer, where = saved.get("model", {}), _kept_tokenizer(workdir), workdir
+  else:
+    base, tokenizer, where = _source_model(section)
+  overrides = {k: v for k, v in (config.get("model") or {}).items() if v is not None}
+  for new_name, old_name in (("residual_dropout", "dropout"), ("dropout", "residual_dropout")):
+    if new_name in overrides:  # Two names of one rate: the override's wins.
+      base.pop(old_name, None)
+  resolved = copy.deepcopy(config)
+  with resolved.unlocked():
+    resolved.model = ml_collections.ConfigDict({**base, **overrides})
+    data = resolved.get("input", {}).get("data")
+    if tokenizer and data is not None and data.get("tokenizer") is None:
+      data.tokenizer = tokenizer
+  logging.info("init_from.model: the model section of %s%s%s.", where,
+               f" with model.{', model.'.join(sorted(overrides))} from this config" if overrides else "",
+               f"; tokenizer {tokenizer}" if tokenizer and data is not None else "")
+  return resolved
+
+
+def _source_model(section):
+  """(model section, tokenizer path or None, where) of the init_from source."""
+  workdir, hf_dir = section.get("workdir"), section.get("hf_dir")
+  _check_one_source(workdir, hf_dir)
+  if hf_dir is not None:
+    hf_dir = os.path.expanduser(hf_dir)
+    if not os.path.isdir(hf_dir):
+      raise UserError(f"init_from.hf_dir={hf_dir} is not a directory; give a Hugging Face Llama directory "
+                      f"(config.json, *.safetensors)")
+    kwargs, _ = hf_llama.read_config(hf_dir)
+    return dict(name="llama", **{k: v for k, v in kwargs.items() if v is not None}), hf_dir, hf_dir
+  workdir = os.path.expanduser(workdir)
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise UserError(f"init_from.workdir={workdir} has no config.json; give the work directory of a jaxtrain run")
+  with open(path, encoding="utf-8") as f:
+    run_config = json.load(f)
+  tokenizer = _kept_tokenizer(workdir)
+  data = run_config.get("input", {}).get("data", {})
+  if tokenizer is None and text_lib.is_text(config_lib.Reader(data)):
+    # Runs from before the copy was kept: the tokenizer their config names or trained.
+    tokenizer = text_lib.tokenizer_from_config(config_lib.Reader(ml_collections.ConfigDict(data))).path
+  return dict(run_config.get("model", {})), tokenizer, workdir
+
+
+def _check_one_source(workdir, hf_dir):
+  if (workdir is None) == (hf_dir is None):
+    raise UserError("config key 'init_from' needs one of workdir= (a jaxtrain run) or hf_dir= (a Hugging Face "
+                    "Llama directory)" + (", not both" if workdir else ""))
+
+
+def _saved_config(workdir):
+  """The config.json of a work directory that has checkpoints (a resume), else None."""
+  directory = os.path.join(workdir or "", "checkpoints")
+  if not (workdir and os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))):
+    return None
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _kept_tokenizer(workdir):
+  return next((os.path.join(workdir, name) for name in TOKENIZER_FILES
+               if os.path.isfile(os.path.join(workdir, name))), None)
 
 
 class _RunSource:

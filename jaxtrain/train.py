@@ -152,6 +152,7 @@ def build(config, workdir=None):
   and eval steps compiled for their shapes, evaluators, and where `workdir` has no
   checkpoint yet, the plan of `config.init_from`. Any mistake fails here, before anything
   is written."""
+  config = init_from_lib.resolve_model(config, workdir)  # init_from.model: the source's architecture.
   cfg = config_lib.Reader(config)
   strategy, accumulate_steps = build_strategy(cfg)
   seed = cfg.get("seed", 0, minimum=0)
@@ -197,6 +198,7 @@ def run(config, workdir):
   Returns the metrics of the last log and evaluation, keyed '<prefix>/<name>'.
   """
   exp = build(config, workdir)
+  config = exp.config  # With init_from.model resolved: config.json names the architecture trained.
   strategy, total_steps, steps_per_epoch = exp.strategy, exp.total_steps, exp.data.steps_per_epoch
 
   # ---- Work directory: fresh start or resume ------------------------------------------

@@ -14,7 +14,8 @@ Keys (under input.data, or an evaluator's data):
   data_dir             where TFDS data, trained tokenizers and packed caches live
   name                 a TFDS dataset with a text feature (e.g. 'stdlib_code'), or:
   files                a path or glob, or a list of them (the user's files), with
-    format             'text' (default) | 'jsonl' | 'prompt_completion' | 'mbox'
+    format             'text' (default) | 'jsonl' | 'prompt_completion' | 'mbox' |
+                       'mbox_replies' (see jaxtrain.data.documents)
     validation_fraction  0.05: the share of documents (by hash) in 'validation'
   field                the text feature / JSON field ('text'); for TFDS and 'jsonl'
   prompt_field, completion_field   'prompt', 'completion' (for 'prompt_completion')
@@ -108,6 +109,9 @@ def _dataset(data, inherited):
     raise UserError(f"config key '{data.path('validation_fraction')}' must be in [0, 1), got {fraction!r}")
   dataset = {"format": fmt, "files": files if files is base.get("files") else
              documents.resolve_files(files, f"config key '{data.path('files')}'"), "validation_fraction": fraction}
+  if fmt in documents.MBOX_FORMATS and files is not base.get("files"):
+    for path in dataset["files"]:
+      documents.check_mbox(path)
   if fmt == "jsonl":
     dataset["field"] = data.get("field", base.get("field", "text"), kind=str)
   elif fmt == "prompt_completion":

@@ -3,7 +3,9 @@
     config.evals.samples = dict(type='samples', prompts=('def ', 'class Stack:'),
                                 max_new_tokens=64, every_steps=200)
 
-Optional keys: temperature (0.0: greedy), top_k, top_p, seed (0), stop (strings).
+Optional keys: temperature (0.0: greedy), top_k, top_p, seed (0), stop (strings), and
+truncate_prompts (False): cut a prompt too long for the context to its last tokens, leaving
+room for max_new_tokens (prompts taken from data, such as the email assistant's).
 The completions go to the run's samples.jsonl ({"step", "evaluator", "prompt",
 "completion"}, one row per prompt) and to TensorBoard's text tab; metrics.jsonl gets only
 numbers: mean_new_chars, the completions' mean length in characters.
@@ -31,8 +33,12 @@ class Samples:
       raise UserError(f"config key '{config.path('prompts')}' must be a non-empty list of strings, got {prompts!r}")
     self.prompts = list(prompts)
     stop = config.get("stop", ())
+    max_new_tokens = config.get("max_new_tokens", 64, minimum=1)
+    if config.get("truncate_prompts", False):  # Keep each prompt's end: what the model continues from.
+      self.prompts = [_last_tokens(self.tokenizer, p, context.train_source.seq_len - max_new_tokens - 1)
+                      for p in self.prompts]
     self.options = dict(
-        context_length=context.train_source.seq_len, max_new_tokens=config.get("max_new_tokens", 64, minimum=1),
+        context_length=context.train_source.seq_len, max_new_tokens=max_new_tokens,
         temperature=config.get("temperature", 0.0, kind=float, minimum=0.0), top_k=config.get("top_k", kind=int),
         top_p=config.get("top_p", kind=float), seed=config.get("seed", 0, minimum=0),
         stop=[stop] if isinstance(stop, str) else list(stop))
@@ -53,3 +59,10 @@ class Samples:
   def texts(self):
     """The prompts and completions of the last `run`, for samples.jsonl and TensorBoard."""
     return self._texts
+
+
+def _last_tokens(tokenizer, prompt, count):
+  """`prompt` cut to about its last `count` tokens (as text: samples.jsonl shows what the
+  model read), or whole if it has no more."""
+  ids = tokenizer.encode(prompt)
+  return prompt if len(ids) <= count else tokenizer.decode(ids[len(ids) - max(count, 1):])
