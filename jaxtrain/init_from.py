@@ -183,6 +183,12 @@ def resolve_model(config, workdir=None):
   for new_name, old_name in (("residual_dropout", "dropout"), ("dropout", "residual_dropout")):
     if new_name in overrides:  # Two names of one rate: the override's wins.
       base.pop(old_name, None)
+  data = (config.get("input") or {}).get("data")
+  if tokenizer is None and data is not None and data.get("tokenizer") is None and (
+      "mixture" in data or text_lib.is_text(config_lib.Reader(data))):
+    raise UserError(f"init_from.model: {where} has no tokenizer (a run of model '{base.get('name')}'), and this "
+                    f"config trains a language model on text; start from a language model's run or Hugging Face "
+                    f"directory")
   resolved = copy.deepcopy(config)
   with resolved.unlocked():
     resolved.model = ml_collections.ConfigDict({**base, **overrides})

@@ -204,3 +204,9 @@ def test_init_from_model_needs_a_source(tfds_dir, tmp_path):
     init_from.resolve_model(assistant_config(mbox, workdir=str(tmp_path / "nowhere")))
   with pytest.raises(UserError, match=r"init_from.hf_dir=.*nowhere is not a directory"):
     init_from.resolve_model(assistant_config(mbox, hf_dir=str(tmp_path / "nowhere")))
+  classifier = tmp_path / "digits_run"
+  classifier.mkdir()
+  (classifier / "config.json").write_text(json.dumps({"model": {"name": "cnn"}, "input": {"data": {"name": "digits"}}}))
+  with pytest.raises(UserError, match=r"init_from.model: .*digits_run has no tokenizer \(a run of model 'cnn'\), and "
+                                      r"this config trains a language model on text; start from a language model's"):
+    init_from.resolve_model(assistant_config(mbox, workdir=str(classifier)))
