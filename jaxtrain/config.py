@@ -202,6 +202,34 @@ def steps(reader, prefix, *, steps_per_epoch, batch_size, default=REQUIRED, allo
   return max(1, math.ceil(round(value / batch_size, 6)))
 
 
+def command_line_units(config, argv):
+  """A duration the command line gives in one unit replaces the config file's other units
+  of the same quantity (`--config.total_steps=500` on a file that sets total_epochs=40
+  trains 500 steps): sets them to None in `config`, in place. Returns one line per
+  replacement, for the log. Units given together on the command line are left as given."""
+  given = {}
+  for arg in argv:
+    if arg.startswith("--config."):
+      prefix, _, unit = arg[len("--config."):].split("=", 1)[0].rpartition("_")
+      if unit in UNITS and prefix:
+        given.setdefault(prefix, set()).add(unit)
+  lines = []
+  for prefix, units in sorted(given.items()):
+    *sections, name = prefix.split(".")
+    section = config
+    for part in sections:
+      section = section.get(part) if hasattr(section, "get") else None
+    if not hasattr(section, "keys"):
+      continue  # No such section: the override itself fails with its own line.
+    for unit in UNITS:
+      key = f"{name}_{unit}"
+      if unit not in units and key in section.keys() and section[key] not in (None, 0):
+        lines.append(f"--config.{prefix}_{'/'.join(sorted(units))} replaces the config file's {prefix}_{unit}="
+                     f"{section[key]!r}")
+        section[key] = None
+  return lines
+
+
 def duration(prefix, *, steps=None, epochs=None, examples=None):
   """Config entries for a duration in one unit, the other two typed placeholders, so that
   `--config.{prefix}_steps=N` (with the set unit zeroed) or fractional epochs work from the

@@ -26,6 +26,7 @@ import jax
 from ml_collections import config_flags
 
 from jaxtrain import checkpoint
+from jaxtrain import config as config_lib
 from jaxtrain import evaluate
 from jaxtrain import parallel
 from jaxtrain import peers
@@ -68,6 +69,8 @@ def main(argv):
   config_file = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]  # Less ':arg'.
   if not os.path.isfile(config_file):
     _fail(f"--config={config_file}: no such file")
+  for line in config_lib.command_line_units(_CONFIG.value, sys.argv[1:]):
+    logging.info("%s.", line)
   watch = peers.PeerWatch(_WORKDIR.value).start() if jax.process_count() > 1 else None
   try:
     if _MODE.value == "eval":

@@ -379,3 +379,24 @@ def test_numpy_scalars_pass_for_numbers():
   r = make_reader(total_steps=np.int64(30), lr=np.float32(0.5))
   assert config_lib.steps(r, "total", steps_per_epoch=11, batch_size=128) == 30
   assert r.get("lr", kind=float) == np.float32(0.5)
+
+
+def test_a_unit_given_on_the_command_line_replaces_the_files_unit():
+  config = ml_collections.ConfigDict()
+  config.update(config_lib.duration("total", epochs=40))
+  config.evals = ml_collections.ConfigDict({"val": config_lib.duration("every", epochs=10)})
+  config.checkpoint = ml_collections.ConfigDict(config_lib.duration("every", steps=100))
+  config.total_steps = 500  # As --config.total_steps=500 sets it.
+  config.evals.val.every_examples = 1000
+  lines = config_lib.command_line_units(config, ["--config.total_steps=500", "--config.evals.val.every_examples",
+                                                 "1000", "--config.checkpoint.every_steps=0", "--workdir=x"])
+  assert lines == ["--config.evals.val.every_examples replaces the config file's evals.val.every_epochs=10.0",
+                   "--config.total_steps replaces the config file's total_epochs=40.0"]
+  assert config.total_epochs is None and config.evals.val.every_epochs is None and config.checkpoint.every_steps == 100
+  reader = config_lib.Reader(config)
+  assert config_lib.steps(reader, "total", steps_per_epoch=7, batch_size=8) == 500
+  assert config_lib.steps(reader.evals.val, "every", steps_per_epoch=7, batch_size=8) == 125
+  # Both units on the command line (the older way, zeroing one): left as given.
+  config.total_epochs = 0.0
+  assert config_lib.command_line_units(config, ["--config.total_steps=500", "--config.total_epochs=0"]) == []
+  assert config.total_epochs == 0.0
