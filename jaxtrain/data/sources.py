@@ -1,7 +1,11 @@
 """Opening TFDS datasets as random-access sources (ArrayRecord), without TensorFlow; keeping
 only the examples of some classes (`ClassSubset`)."""
 
+import contextlib
+import io
+import logging as std_logging
 import os
+import time
 
 from absl import logging
 import jax
@@ -58,13 +62,15 @@ def open_source(name, split, data_dir=None, cache=False, data_dir_key="input.dat
   """
   data_dir = data_dir_for(data_dir)
   try:
-    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    with _without_tfds_noise():
+      builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError:
     raise UserError(f"unknown dataset '{name}': TFDS has no builder of that name "
                     f"(looked in the TFDS catalog and jaxtrain.data)") from None
   if getattr(builder, "BUILT_LOCALLY", False):
-    _prepare_locally_built(builder)
-    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")  # Reads what was built.
+    with _without_tfds_noise():
+      _prepare_locally_built(builder)
+      builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")  # Reads what was built.
   elif not builder.is_prepared():
     raise UserError(f"dataset '{name}' is not prepared in {data_dir}; prepare it with "
                     f"`tfds build {name} --data_dir={data_dir} --file_format=array_record` "
@@ -98,8 +104,34 @@ def _prepare_locally_built(builder):
 
 
 def _build(builder):
-  logging.info("Preparing dataset %s in %s (first use).", builder.name, builder.data_dir)
+  logging.info("Preparing dataset %s in %s (first use; built here, nothing is downloaded).", builder.name,
+               builder.data_dir)
+  start = time.perf_counter()
   builder.download_and_prepare()
+  splits = ", ".join(f"{name} {info.num_examples:,}" for name, info in builder.info.splits.items())
+  logging.info("Prepared %s in %.1f s: %s examples.", builder.name, time.perf_counter() - start, splits)
+
+
+class _TFDSNoise(std_logging.Filter):
+  """TFDS's lines about a dataset being prepared on first use, which read as a download of
+  unknown size and a broken folder; `_build` says what happens instead."""
+
+  def filter(self, record):
+    return "has no dataset_info.json" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_tfds_noise():
+  """Without TFDS's "Downloading and preparing dataset Unknown size ..." (printed to stdout)
+  and "Variant folder ... has no dataset_info.json" (a warning) for a dataset built here."""
+  noise = _TFDSNoise()
+  logger = std_logging.getLogger("absl")
+  logger.addFilter(noise)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    logger.removeFilter(noise)
 
 
 class ClassSubset:
