@@ -3,10 +3,13 @@
 Only process 0 writes files. Rows are `{"step": N, "<prefix>/<name>": value, ...}`.
 """
 
+import atexit
 import contextlib
 import datetime
 import json
+import logging as std_logging
 import os
+import sys
 import time
 
 from absl import logging
@@ -154,3 +157,38 @@ def _si(x):
 
 def log(line):
   logging.info("%s", line)
+
+
+def log_progress(line, stream=None):
+  """The progress line: on a terminal it is rewritten in place (the next log line starts
+  on a line of its own); in a log file, or piped, it is one log line per interval."""
+  stream = stream or sys.stderr
+  if not stream.isatty():
+    log(line)
+    return
+  if _IN_PLACE.stream is not stream:  # The first use (or another stream): newlines before other lines.
+    _IN_PLACE.stream = stream
+    std_logging.getLogger("absl").addFilter(_IN_PLACE)
+    atexit.register(_IN_PLACE.close_line)
+  stream.write(f"\r\x1b[K{time.strftime('%H:%M:%S')} {line}")
+  stream.flush()
+  _IN_PLACE.open = True
+
+
+class _CloseLine(std_logging.Filter):
+  """Ends the in-place progress line before any other log line is written."""
+
+  stream, open = None, False
+
+  def filter(self, record):
+    self.close_line()
+    return True
+
+  def close_line(self):
+    if self.open:
+      self.open = False
+      self.stream.write("\n")
+      self.stream.flush()
+
+
+_IN_PLACE = _CloseLine()

@@ -253,7 +253,7 @@ def run(config, workdir):
         rates = progress.measure(step)
         row = {f"train/{k}": v for k, v in {**train_metrics, **rates, "epoch": step / steps_per_epoch}.items()}
         writer.write(step, row)
-        metrics_lib.log(metrics_lib.progress_line(step, total_steps, train_metrics, rates))
+        metrics_lib.log_progress(metrics_lib.progress_line(step, total_steps, train_metrics, rates))
         written.update(row)
 
       preempted = preemption.reached(step)

@@ -1,6 +1,9 @@
 """metrics.jsonl across restarts, and the console lines."""
 
+import io
 import json
+
+from absl import logging
 
 from jaxtrain import metrics
 
@@ -34,3 +37,24 @@ def test_progress_line_reads_well_in_a_log_file():
   assert line == "step 300/440 (68.2%) | loss 0.0123 | lr 0.00102 | 56.7 steps/s | 7.3k examples/s | ETA 0:00:02"
   assert metrics.eval_line("val", {"accuracy": 0.99164, "num_examples": 359}) == \
       "val: accuracy 0.9916 | num_examples 359"
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_the_progress_line_updates_in_place_on_a_terminal_and_is_a_log_line_elsewhere(caplog):
+  terminal = _Terminal()
+  metrics.log_progress("step 10/20", stream=terminal)
+  metrics.log_progress("step 20/20", stream=terminal)
+  assert terminal.getvalue().count("\r\x1b[K") == 2 and terminal.getvalue().endswith(" step 20/20")
+  with caplog.at_level("INFO", logger="absl"):
+    logging.info("val: accuracy 1.0")  # Another log line ends the progress line first.
+    assert terminal.getvalue().endswith("step 20/20\n")
+    logging.info("val: accuracy 1.0")
+  assert terminal.getvalue().count("\n") == 1
+  caplog.clear()
+  with caplog.at_level("INFO"):
+    metrics.log_progress("step 30/40", stream=io.StringIO())  # A file or a pipe: a log line.
+  assert [r.getMessage() for r in caplog.records] == ["step 30/40"]
