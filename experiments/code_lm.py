@@ -53,6 +53,8 @@ def get_config(arg=None):
   c.evals.samples = dict(type="samples", prompts=("def ", "class Stack:\n    def ", "import "), max_new_tokens=64,
                          **duration("every", steps=200))
   c.checkpoint = dict(keep=2, **duration("every", steps=200))
+  # --config.profile.start_step=N: a JAX profiler trace of num_steps steps in WORKDIR/profile.
+  c.profile = dict(start_step=ml_collections.config_dict.placeholder(int), num_steps=5)
   # The peak of the MFU figure: known for GPUs and TPUs; on CPUs set it to see MFU.
   c.peak_tflops_per_device = ml_collections.config_dict.placeholder(float)
   return c

@@ -47,4 +47,6 @@ def get_config(arg=None):
   c.evals.val = dict(type="classification", data=dict(name="digits", split="test", cache=True),
                      pp=PP_EVAL, **duration("every", epochs=10))
   c.checkpoint = dict(keep=2, **duration("every", epochs=10))
+  # --config.profile.start_step=N: a JAX profiler trace of num_steps steps in WORKDIR/profile.
+  c.profile = dict(start_step=ml_collections.config_dict.placeholder(int), num_steps=5)
   return c

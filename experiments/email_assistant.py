@@ -72,6 +72,8 @@ def get_config(arg=None):
                            **duration("every", epochs=1))
   c.early_stopping = dict(metric="val/loss", mode="min", patience=2, min_delta=0.0)
   c.checkpoint = dict(keep=2, **duration("every", epochs=1))
+  # --config.profile.start_step=N: a JAX profiler trace of num_steps steps in WORKDIR/profile.
+  c.profile = dict(start_step=ml_collections.config_dict.placeholder(int), num_steps=5)
   c.peak_tflops_per_device = ml_collections.config_dict.placeholder(float)
   return c
 

@@ -28,6 +28,7 @@ from jaxtrain import metrics as metrics_lib
 from jaxtrain import models
 from jaxtrain import optim
 from jaxtrain import parallel
+from jaxtrain import profiling
 from jaxtrain import step as step_lib
 from jaxtrain import tasks
 from jaxtrain.errors import UserError, did_you_mean, first_line
@@ -80,6 +81,7 @@ class Experiment:
   peak_flops: float | None         # Per second, all devices together.
   early_stopping: Any = None       # An early_stopping.Rule, or None.
   init_from: Any = None            # An init_from.Plan for a fresh start, or None.
+  profile: Any = None              # A profiling.Profile: which steps to trace.
 
 
 class NonFiniteLoss(UserError):
@@ -183,13 +185,14 @@ def build(config, workdir=None):
   checkpointing = dict(every_steps=every_steps, keep=ckpt_config.get("keep", 3, minimum=1),
                        **_best_checkpoints(ckpt_config, evaluators, every_steps, log_every, model.task))
   early = early_stopping.build(cfg.section("early_stopping"), evaluators)
+  profile = profiling.Profile(cfg.section("profile"), total_steps)
   peak_flops = _peak_flops(cfg.get("peak_tflops_per_device", kind=float))
   config_lib.check_all_read(cfg)  # Every key was read: nothing in the config is a typo.
   return Experiment(config=config, strategy=strategy, data=data_, model=model, total_steps=total_steps,
                     log_every=log_every, create=create, abstract_state=abstract_state, train_step=train_step,
                     evaluators=evaluators, checkpointing=checkpointing, early_stopping=early,
                     flops_per_example=_flops_per_example(model, data_.first_batch), peak_flops=peak_flops,
-                    init_from=init_plan)
+                    init_from=init_plan, profile=profile)
 
 
 def run(config, workdir):
@@ -243,6 +246,7 @@ def run(config, workdir):
                                     tokens_per_example=_tokens_per_example(exp.model, exp.data.first_batch),
                                     flops_per_example=exp.flops_per_example, peak_flops=exp.peak_flops)
     for step in range(first_step + 1, total_steps + 1):
+      exp.profile.at(step, state, workdir)  # config.profile: a trace of a few steps.
       state, step_metrics = exp.train_step(state, strategy.shard(next(train_iter)))
       pending.append(step_metrics)
       written = {}  # The metrics written at this step.
