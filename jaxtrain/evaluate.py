@@ -60,7 +60,7 @@ def _mark_training_keys_read(cfg):
   """Training's own sections are not checked here (the run that trained checked them);
   the keys evaluation reads still are, typos included."""
   for key in cfg.keys():
-    sections = ("optimizer", "schedule", "checkpoint", "init_from", "early_stopping", "profile")
+    sections = ("optimizer", "schedule", "checkpoint", "init_from", "early_stopping", "profile", "trackers")
     if key in sections + ("skip_nonfinite", "peak_tflops_per_device") or key.startswith(("total_", "log_every_")):
       cfg.get(key)
       if key in sections:

@@ -21,8 +21,9 @@ class Writer:
   """Appends to the run's metrics. A run starting at `start_step` (0, or the step it
   resumes from) first drops the rows after it; `start_step=None` only appends."""
 
-  def __init__(self, workdir, start_step=0):
+  def __init__(self, workdir, start_step=0, trackers=(), config=None):
     self.enabled = jax.process_index() == 0
+    self._trackers = list(trackers) if self.enabled else []  # config.trackers: see jaxtrain.trackers.
     if not self.enabled:
       return
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
@@ -36,6 +37,8 @@ class Writer:
     # purge_step hides the events an interrupted run wrote after the checkpoint.
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30,
                              purge_step=None if start_step is None else start_step + 1)
+    for tracker in self._trackers:
+      tracker.start(workdir, config, start_step)
 
   def write(self, step, metrics):
     if not self.enabled:
@@ -43,9 +46,11 @@ class Writer:
     row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
     self._jsonl.write(json.dumps(row) + "\n")
     self._jsonl.flush()
-    for key, value in row.items():
-      if key != "step" and isinstance(value, (int, float)):
-        self._tb.add_scalar(key, value, global_step=step)
+    scalars = {key: value for key, value in row.items() if key != "step" and isinstance(value, (int, float))}
+    for key, value in scalars.items():
+      self._tb.add_scalar(key, value, global_step=step)
+    for tracker in self._trackers:
+      tracker.write(int(step), scalars)
 
   def write_texts(self, step, name, records):
     """Text an evaluator made (e.g. {'prompt', 'completion'} dicts): a row each in
@@ -60,6 +65,8 @@ class Writer:
     # Markdown: each field as a fenced block keeps code's indentation.
     text = "\n\n".join("\n".join(f"**{key}**\n```\n{value}\n```" for key, value in record.items()) for record in records)
     self._tb.add_text(f"{name}/samples", text, global_step=step)
+    for tracker in self._trackers:
+      tracker.write_texts(int(step), name, records)
 
   def close(self):
     if self.enabled:
@@ -67,6 +74,8 @@ class Writer:
       if self._samples:
         self._samples.close()
       self._tb.close()
+      for tracker in self._trackers:
+        tracker.close()
 
 
 def _drop_rows_after(path, step):

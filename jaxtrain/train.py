@@ -31,6 +31,7 @@ from jaxtrain import parallel
 from jaxtrain import profiling
 from jaxtrain import step as step_lib
 from jaxtrain import tasks
+from jaxtrain import trackers as trackers_lib
 from jaxtrain.errors import UserError, did_you_mean, first_line
 from jaxtrain.preemption import Preempted, PreemptionWatch
 from jaxtrain.workdir_lock import WorkdirLock
@@ -82,6 +83,7 @@ class Experiment:
   early_stopping: Any = None       # An early_stopping.Rule, or None.
   init_from: Any = None            # An init_from.Plan for a fresh start, or None.
   profile: Any = None              # A profiling.Profile: which steps to trace.
+  trackers: list = dataclasses.field(default_factory=list)  # config.trackers (W&B, ...), not started.
 
 
 class NonFiniteLoss(UserError):
@@ -185,14 +187,14 @@ def build(config, workdir=None):
   checkpointing = dict(every_steps=every_steps, keep=ckpt_config.get("keep", 3, minimum=1),
                        **_best_checkpoints(ckpt_config, evaluators, every_steps, log_every, model.task))
   early = early_stopping.build(cfg.section("early_stopping"), evaluators)
-  profile = profiling.Profile(cfg.section("profile"), total_steps)
+  profile, trackers = profiling.Profile(cfg.section("profile"), total_steps), trackers_lib.build(cfg.section("trackers"))
   peak_flops = _peak_flops(cfg.get("peak_tflops_per_device", kind=float))
   config_lib.check_all_read(cfg)  # Every key was read: nothing in the config is a typo.
   return Experiment(config=config, strategy=strategy, data=data_, model=model, total_steps=total_steps,
                     log_every=log_every, create=create, abstract_state=abstract_state, train_step=train_step,
                     evaluators=evaluators, checkpointing=checkpointing, early_stopping=early,
                     flops_per_example=_flops_per_example(model, data_.first_batch), peak_flops=peak_flops,
-                    init_from=init_plan, profile=profile)
+                    init_from=init_plan, profile=profile, trackers=trackers)
 
 
 def run(config, workdir):
@@ -234,7 +236,7 @@ def run(config, workdir):
     first_step = int(state.step)
     _write_config(workdir, config, first_step)
     _keep_tokenizer(workdir, getattr(exp.data.source, "tokenizer", None))
-    writer = metrics_lib.Writer(workdir, start_step=first_step)
+    writer = metrics_lib.Writer(workdir, start_step=first_step, trackers=exp.trackers, config=config.to_dict())
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     processes = f"{jax.process_count()} process" + ("es" if jax.process_count() > 1 else "")
     logging.info("%s: %s parameters, %d steps (%d per epoch), global batch %d; %s, %s; "
