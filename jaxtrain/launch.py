@@ -27,7 +27,9 @@ from ml_collections import config_flags
 
 from jaxtrain import checkpoint
 from jaxtrain import config as config_lib
+from jaxtrain import dry_run
 from jaxtrain import evaluate
+from jaxtrain import lr_find
 from jaxtrain import parallel
 from jaxtrain import peers
 from jaxtrain import train
@@ -37,9 +39,21 @@ from jaxtrain.preemption import Preempted
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file: path/to/experiment.py, or path.py:arg.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the run keeps config, metrics and checkpoints.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                          "train (or resume); eval: run the evaluators on a checkpoint of --workdir.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "dry_run", "lr_find"],
+                          "train (or resume); eval: run the evaluators on a checkpoint of --workdir; dry_run: "
+                          "build and compile, print parameters, FLOPs, memory and cost, write nothing; lr_find: "
+                          "a learning-rate range test from fresh parameters, --workdir untouched.")
 _STEP = flags.DEFINE_integer("step", None, "With --mode=eval: the checkpoint to evaluate (default: the newest).")
+_ACCELERATOR = flags.DEFINE_string("accelerator", None, "With --mode=dry_run: the device the cost estimate assumes "
+                                   "(a name from the table it prints, e.g. tpu-v5e, h100).")
+_PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", None, "With --mode=dry_run: peak TFLOP/s per device (overrides "
+                                  "--accelerator's).")
+_PRICE = flags.DEFINE_float("price_per_hour", None, "With --mode=dry_run: price of one device-hour (overrides "
+                            "--accelerator's).")
+_LR_FIND_OUT = flags.DEFINE_string("lr_find_out", "lr_find.png", "With --mode=lr_find: the plot (outside --workdir).")
+_LR_FIND_MIN = flags.DEFINE_float("lr_find_min", 1e-7, "With --mode=lr_find: the first learning rate.")
+_LR_FIND_MAX = flags.DEFINE_float("lr_find_max", 10.0, "With --mode=lr_find: the last learning rate.")
+_LR_FIND_STEPS = flags.DEFINE_integer("lr_find_steps", 100, "With --mode=lr_find: steps of the ramp.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: how many processes in all.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
@@ -75,6 +89,12 @@ def main(argv):
   try:
     if _MODE.value == "eval":
       evaluate.run(_CONFIG.value, _WORKDIR.value, _STEP.value)
+    elif _MODE.value == "dry_run":
+      dry_run.run(_CONFIG.value, _WORKDIR.value, accelerator=_ACCELERATOR.value, peak_tflops=_PEAK_TFLOPS.value,
+                  price_per_hour=_PRICE.value)
+    elif _MODE.value == "lr_find":
+      lr_find.run(_CONFIG.value, _WORKDIR.value, out=_LR_FIND_OUT.value, lr_min=_LR_FIND_MIN.value,
+                  lr_max=_LR_FIND_MAX.value, steps=_LR_FIND_STEPS.value)
     else:
       train.run(_CONFIG.value, _WORKDIR.value)
   except BaseException as e:  # pylint: disable=broad-except
