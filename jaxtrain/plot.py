@@ -132,8 +132,10 @@ def figure(runs, metrics=None, x="step", smooth_weight=0.6):
     ax.remove()
   labels = runs_lib.labels(runs)
   handles = [Line2D([], [], color=f"C{i % 10}", linewidth=1.6) for i in range(len(runs))]
-  columns = 1 if max(map(len, labels)) > 40 else min(len(runs), 4)
-  fig.legend(handles, labels, loc="outside lower center", ncols=columns, fontsize=9, frameon=False)
+  # As many legend columns as fit the figure's width: ~0.075 in per character at 9 pt, plus the line.
+  per_label = 0.075 * max(map(len, labels)) + 0.7
+  legend_columns = max(1, min(len(runs), int(fig.get_figwidth() / per_label)))
+  fig.legend(handles, labels, loc="outside lower center", ncols=legend_columns, fontsize=9, frameon=False)
   return fig
 
 
