@@ -27,25 +27,9 @@ from jaxtrain import lora as lora_lib
 from jaxtrain import optim
 from jaxtrain import paths
 from jaxtrain import train
+from jaxtrain.accelerators import ACCELERATORS, KINDS
 from jaxtrain.errors import UserError, did_you_mean
 
-# name: (dense bf16 peak TFLOP/s per chip, memory GB per chip, USD per chip-hour on demand).
-# Peaks and memory are the vendors' figures. Prices are approximate 2026 list prices: Google
-# Cloud's for TPUs (us-central), a GPU cloud's (RunPod, SXM parts) for NVIDIA's; check yours.
-ACCELERATORS = {
-    "tpu-v4": (275.0, 32, 3.22),
-    "tpu-v5e": (197.0, 16, 1.20),
-    "tpu-v5p": (459.0, 95, 4.20),
-    "tpu-v6e": (918.0, 32, 2.70),
-    "a100": (312.0, 80, 1.89),
-    "h100": (989.0, 80, 2.69),
-    "h200": (989.0, 141, 3.59),
-    "b200": (2250.0, 180, 5.98),
-}
-# jax.Device.device_kind -> name: the default --accelerator is the device present.
-_KINDS = {"TPU v4": "tpu-v4", "TPU v5 lite": "tpu-v5e", "TPU v5": "tpu-v5p", "TPU v5p": "tpu-v5p",
-          "TPU v6 lite": "tpu-v6e", "NVIDIA A100-SXM4-80GB": "a100", "NVIDIA A100-SXM4-40GB": "a100",
-          "NVIDIA H100 80GB HBM3": "h100", "NVIDIA H200": "h200", "NVIDIA B200": "b200"}
 # Of peak, sustained over a run: well-tuned large LM training reaches 35-55% MFU; small
 # models, small batches and CPUs reach less. 100% is the floor no run reaches.
 TYPICAL_UTILIZATION = 0.4
@@ -75,7 +59,7 @@ def pick_accelerator(name, peak_tflops, price_per_hour):
     raise UserError(f"--peak_tflops must be positive, got {peak_tflops}")
   if price_per_hour is not None and not price_per_hour >= 0:
     raise UserError(f"--price_per_hour must be at least 0, got {price_per_hour}")
-  name = name or _KINDS.get(jax.devices()[0].device_kind)
+  name = name or KINDS.get(jax.devices()[0].device_kind)
   if name is None and peak_tflops is None:
     if price_per_hour is not None:
       raise UserError("--price_per_hour needs --accelerator=NAME or --peak_tflops: the hours depend on the "

@@ -17,6 +17,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from jaxtrain import accelerators
 from jaxtrain import checkpoint
 from jaxtrain import config as config_lib
 from jaxtrain import data
@@ -371,16 +372,11 @@ def _flops_per_example(model, batch):
 
 
 # Dense bfloat16 peaks, in TFLOP/s per device, by jax.Device.device_kind (vendor figures).
-_PEAK_TFLOPS = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H200": 989.0, "NVIDIA A100-SXM4-80GB": 312.0,
-                "NVIDIA A100-SXM4-40GB": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5": 459.0,
-                "TPU v6 lite": 918.0}
-
-
 def _peak_flops(per_device_tflops):
   """FLOP/s of all devices at their peak: config.peak_tflops_per_device, else the
   vendor's figure for a known accelerator, else None (no MFU: e.g. on CPUs)."""
   if per_device_tflops is None:
-    per_device_tflops = _PEAK_TFLOPS.get(jax.devices()[0].device_kind)
+    per_device_tflops = accelerators.peak_tflops(jax.devices()[0].device_kind)
   elif not per_device_tflops > 0:
     raise UserError(f"config key 'peak_tflops_per_device' must be positive, got {per_device_tflops!r}")
   return per_device_tflops * 1e12 * jax.device_count() if per_device_tflops else None
