@@ -148,7 +148,8 @@ def _frozen(exp):
 def _estimates(exp, n, tokens_per_example):
   """6N per token (N: every parameter), PaLM's 6N + 12 L H Q T (attention's QK^T and PV over
   the whole T x T square, which the compiled step computes whatever the causal mask), and
-  the model's own count (MFU's) where it has one."""
+  the model's own count (MFU's) where it has one: for Llama, Kaplan et al.'s 6N + 6 L H Q T
+  (their Table 1's context term, the causal half of the square) with N its matmul weights."""
   tokens = exp.data.batch_size * tokens_per_example
   out = dict(tokens_per_step=tokens, seq_len=tokens_per_example, six_n=6 * n * tokens)
   shape = [getattr(exp.model.module, key, None) for key in ("num_layers", "num_heads", "head_size")]
@@ -226,8 +227,8 @@ def format_report(r):
     rows.append((f"6N + 12*L*H*Q*T per token (PaLM; L={layers} H={heads} Q={head_dim} T={f['seq_len']})",
                  _flops(f["six_n_attention"]), ratio(f["six_n_attention"])))
   if "model_count" in f:
-    rows.append(("the model's flops_per_token (MFU's; causal attention halved)", _flops(f["model_count"]),
-                 ratio(f["model_count"])))
+    rows.append(("6N + 6*L*H*Q*T per token (Kaplan; causal half; MFU's count)",
+                 _flops(f["model_count"]), ratio(f["model_count"])))
   lines += _table(None, rows)
 
   lines += ["", "Memory per device (XLA memory analysis of the compiled train step):"]

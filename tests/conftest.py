@@ -33,6 +33,18 @@ def corpus(tmp_path_factory):
   return str(directory)
 
 
+@pytest.fixture(scope="module")
+def pretrained(tfds_dir, corpus, tmp_path_factory):
+  """A tiny code LM (tests/tiny_lm.py) trained 20 steps, one per test module (a test may move
+  it): the model an email assistant starts from."""
+  from jaxtrain import train  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path_factory.mktemp("pretrained"))
+  config = tiny_lm(corpus)
+  config.total_steps = 20
+  train.run(config, workdir)
+  return workdir
+
+
 def tiny_lm(corpus_dir):
   """tests/tiny_lm.py's config for the text files in `corpus_dir`."""
   return load_experiment("../tests/tiny_lm").get_config(corpus_dir)

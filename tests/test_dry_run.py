@@ -147,6 +147,11 @@ def test_code_lm_flops_are_within_10_percent_of_6n_per_token(tfds_dir, corpus, t
   # The estimate WORKSPACE.md names: PaLM's 6N + 12 L H Q T per token (attention's full square).
   assert flops["six_n_attention"] == (6 * n + 12 * 4 * 8 * 32 * 256) * 32 * 256
   assert flops["per_step"] / flops["six_n_attention"] == pytest.approx(1.0, abs=0.10)
+  # Kaplan et al.'s form: 6N (N: the matmul weights, the tied unembedding once) + 6 L H Q T,
+  # the causal half of the square; llama.flops_per_token, which MFU divides by.
+  assert flops["model_count"] == (6 * (4 * (256 * 512 + 256 * 256 + 3 * 256 * 768) + 256 * 4096)
+                                  + 6 * 4 * 256 * 8 * 32) * 32 * 256
+  assert flops["per_step"] / flops["model_count"] == pytest.approx(1.0, abs=0.10)
   # 6N alone leaves attention out: 12.5% of 6N at this size, so the compiled step is above it.
   assert 1.0 < flops["per_step"] / flops["six_n"] < 1.2
   assert report["run"]["total_flops"] == flops["per_step"] * 400

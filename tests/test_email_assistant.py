@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_experiment, tiny_lm
+from conftest import ROOT, load_experiment
 import hf_dirs
 from jaxtrain import hf_llama
 from jaxtrain import init_from
@@ -112,16 +112,6 @@ def demo_mailbox(path, threads=40):
   found = make_mailbox().messages()
   news = [m for m in found if m["From"].startswith("Python Weekly")]
   return write_mbox(path, news + found[len(news):len(news) + 2 * threads])
-
-
-@pytest.fixture(scope="module")
-def pretrained(tfds_dir, corpus, tmp_path_factory):
-  """A tiny code LM, trained 20 steps: the model the assistant starts from."""
-  workdir = str(tmp_path_factory.mktemp("pretrained"))
-  config = tiny_lm(corpus)
-  config.total_steps = 20
-  train.run(config, workdir)
-  return workdir
 
 
 def assistant_config(mbox, **init_from):
