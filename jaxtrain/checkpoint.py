@@ -37,6 +37,7 @@ import orbax.checkpoint as ocp
 from jaxtrain import config as config_lib
 from jaxtrain import checkpoint_faults as faults
 from jaxtrain import peers
+from jaxtrain import storage
 from jaxtrain.checkpoint_faults import (  # pylint: disable=unused-import  (public here too)
     Damaged, DiskFull, RestoreFailed, disk_full, disk_full_message, find_damage, newest_complete_step)
 from jaxtrain.errors import UserError, first_line
@@ -51,7 +52,7 @@ class Checkpointer:
     existing directory to read (evaluation) and changes nothing."""
     self.every_steps = every_steps
     self.best_metric = best_metric if keep_best else None
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = os.path.join(storage.absolute(workdir), "checkpoints")
     faults.quiet_orbax_disk_full()
     faults.quiet_orbax_leftovers()
     self._pinned = _Pinned()  # See keep_also.
@@ -208,12 +209,12 @@ class Checkpointer:
   def _move_aside(self, steps):
     """To `checkpoints_set_aside/<step>`: still there to look at, no longer resumed from."""
     if steps and jax.process_index() == 0:
-      os.makedirs(self._aside, exist_ok=True)
+      storage.makedirs(self._aside)
       for step in steps:
         target, n = os.path.join(self._aside, str(step)), 1
-        while os.path.exists(target):  # Set aside before, by an earlier run.
+        while storage.exists(target):  # Set aside before, by an earlier run.
           target, n = os.path.join(self._aside, f"{step}.{n}"), n + 1
-        os.rename(os.path.join(self.directory, str(step)), target)
+        storage.move(os.path.join(self.directory, str(step)), target)
     self._manager.reload()  # Forget the steps it listed.
 
   def close(self):

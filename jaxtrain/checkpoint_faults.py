@@ -20,6 +20,7 @@ import traceback
 import tensorstore as ts
 
 from jaxtrain import peers
+from jaxtrain import storage
 from jaxtrain.errors import UserError, first_line
 
 ARRAY_ITEMS = ("params", "opt_state", "rest")  # The array items of a saved step (see checkpoint.py).
@@ -90,7 +91,9 @@ def newest_complete_step(directory):
   """The newest step in `directory` (a checkpoints/ directory) that Orbax finalized, or
   None: a save in progress or cut short is `<step>.orbax-checkpoint-tmp-*`, not a number."""
   try:
-    steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
+    steps = [int(name) for name in storage.listdir(directory) if name.isdigit()]
+    if storage.is_gcs(directory):  # Orbax writes a step in place there, and marks it complete last.
+      steps = [step for step in steps if storage.isfile(f"{directory}/{step}/commit_success.txt")]
   except OSError:
     return None
   return max(steps, default=None)
@@ -112,16 +115,16 @@ def find_damage(path):
   Those codes count as damage; an OS error inside tensorstore's message (`[OS error N: ...]`,
   other than ENOENT) or any other code does not. (A byte flipped inside compressed data
   can pass unnoticed: zarr chunks carry no checksum; Orbax then restores it too.)"""
-  if not os.path.isdir(path):
+  if not storage.isdir(path):
     return "its directory is gone"
   storage_failed = _read_every_file(path)
   if storage_failed:
     return None
   for item in ARRAY_ITEMS + ("data", "metadata"):
-    if not os.path.isdir(os.path.join(path, item)):
+    if not storage.isdir(os.path.join(path, item)):
       return f"its {item}/ is missing"
   why = _check_json(os.path.join(path, "metadata", "metadata"), "metadata/metadata")
-  positions = [name for name in os.listdir(os.path.join(path, "data")) if name.endswith(".json")]
+  positions = [name for name in storage.listdir(os.path.join(path, "data")) if name.endswith(".json")]
   if why is None and not positions:
     why = "data/ has no iterator position (process_*.json)"
   for name in sorted(positions):
@@ -133,24 +136,23 @@ def find_damage(path):
 
 def _read_every_file(path):
   """The OS error (other than a vanished file) reading any file under `path`, or None."""
-  for root, _, names in os.walk(path):
-    for name in names:
-      try:
-        with open(os.path.join(root, name), "rb") as f:
-          while f.read(16 << 20):
-            pass
-      except FileNotFoundError:
-        continue
-      except OSError as e:
-        return e
+  for file in storage.files_under(path):
+    try:
+      with storage.open_file(file, "rb") as f:
+        while f.read(16 << 20):
+          pass
+    except FileNotFoundError:
+      continue
+    except OSError as e:
+      return e
   return None
 
 
 def _check_json(file, name):
-  if not os.path.isfile(file):
+  if not storage.isfile(file):
     return f"{name} is missing"
   try:
-    with open(file, encoding="utf-8") as f:
+    with storage.open_file(file) as f:
       json.load(f)
   except (ValueError, UnicodeDecodeError) as e:
     return f"{name} is not valid JSON ({first_line(e, 80)})"
@@ -167,12 +169,14 @@ def _array_item_damage(directory, item):
   why = _check_json(os.path.join(directory, "_METADATA"), f"{item}/_METADATA")
   if why:
     return why
-  with open(os.path.join(directory, "_METADATA"), encoding="utf-8") as f:
-    metadata = json.load(f)
+  metadata = json.loads(storage.read_text(os.path.join(directory, "_METADATA")))
   zarr3 = bool(metadata.get("use_zarr3"))
   kvstore = {"driver": "file", "path": directory + "/"}
+  if storage.is_gcs(directory):
+    bucket, key = storage.bucket_of(directory)
+    kvstore = {"driver": "gcs", "bucket": bucket, "path": key + "/"}
   if metadata.get("use_ocdbt", True):
-    if not os.path.isfile(os.path.join(directory, "manifest.ocdbt")):
+    if not storage.isfile(os.path.join(directory, "manifest.ocdbt")):
       return f"{item}/manifest.ocdbt is missing"
     kvstore = {"driver": "ocdbt", "base": kvstore}
   listed = sorted(".".join(str(k["key"]) for k in entry["key_metadata"])

@@ -22,6 +22,7 @@ import re
 from absl import logging
 import jax
 
+from jaxtrain import checkpoint_faults
 from jaxtrain import config as config_lib
 from jaxtrain import lora as lora_lib
 from jaxtrain import optim
@@ -194,9 +195,7 @@ def _whole_run(total_flops, target):
 
 
 def _newest_checkpoint(workdir):
-  directory = os.path.join(workdir or "", "checkpoints")
-  steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if workdir and os.path.isdir(directory) else []
-  return max(steps, default=None)
+  return checkpoint_faults.newest_complete_step(os.path.join(workdir, "checkpoints")) if workdir else None
 
 
 # ---- The report --------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from jaxtrain import config as config_lib
 from jaxtrain import evals
 from jaxtrain import init_from as init_from_lib
 from jaxtrain import metrics as metrics_lib
+from jaxtrain import storage
 from jaxtrain import train
 from jaxtrain.errors import UserError
 
@@ -31,7 +32,7 @@ def run(config, workdir, step=None):
   evaluators = train.build_evaluators(cfg, strategy, model, data, abstract)
   _mark_training_keys_read(cfg)
   config_lib.check_all_read(cfg)
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  if not storage.isdir(os.path.join(workdir, "checkpoints")):
     raise UserError(f"--workdir={workdir} has no checkpoints to evaluate")
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   saved = ckpt.all_steps()

@@ -15,6 +15,7 @@ from jaxtrain import config as config_lib
 from jaxtrain import hf_llama
 from jaxtrain import lm as lm_lib
 from jaxtrain import lora as lora_lib
+from jaxtrain import storage
 from jaxtrain.errors import UserError
 
 FORMATS = ("hf", "peft")
@@ -27,7 +28,7 @@ def export(workdir, fmt, out, step=None, dtype="float32"):
     raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
   if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
     raise UserError(f"--out={out} exists and is not empty; export to a new directory")
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  if not storage.isdir(os.path.join(workdir, "checkpoints")):
     raise UserError(f"--workdir={workdir} is not a jaxtrain work directory (no checkpoints/)")
   lm = lm_lib.load(workdir, step)
   if fmt == "hf":

@@ -40,10 +40,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxtrain import checkpoint
+from jaxtrain import checkpoint_faults
 from jaxtrain import config as config_lib
 from jaxtrain import hf_llama
 from jaxtrain import models
 from jaxtrain import paths
+from jaxtrain import storage
 from jaxtrain.data import text as text_lib
 from jaxtrain.errors import UserError, first_line
 
@@ -91,8 +93,7 @@ def plan_for(section, abstract_state, module, workdir):
   `workdir` already has checkpoints (a resumed run reads its own, not the source's)."""
   if not section.keys():
     return None
-  directory = os.path.join(workdir or "", "checkpoints")
-  if workdir and os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory)):
+  if _has_checkpoints(workdir):
     section.to_dict()  # Read: the start of this run checked them.
     logging.info("init_from is not applied: %s has checkpoints, and resuming reads its own.", workdir)
     return None
@@ -214,10 +215,9 @@ def _source_model(section):
     return dict(name="llama", **{k: v for k, v in kwargs.items() if v is not None}), hf_dir, hf_dir
   workdir = os.path.expanduser(workdir)
   path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise UserError(f"init_from.workdir={workdir} has no config.json; give the work directory of a jaxtrain run")
-  with open(path, encoding="utf-8") as f:
-    run_config = json.load(f)
+  run_config = json.loads(storage.read_text(path))
   tokenizer = _kept_tokenizer(workdir)
   data = run_config.get("input", {}).get("data", {})
   if tokenizer is None and text_lib.is_text(config_lib.Reader(data)):
@@ -234,19 +234,22 @@ def _check_one_source(workdir, hf_dir):
 
 def _saved_config(workdir):
   """The config.json of a work directory that has checkpoints (a resume), else None."""
-  directory = os.path.join(workdir or "", "checkpoints")
-  if not (workdir and os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))):
+  path = os.path.join(workdir or "", "config.json")
+  if not (_has_checkpoints(workdir) and storage.isfile(path)):
     return None
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(storage.read_text(path))
+
+
+def _has_checkpoints(workdir):
+  return bool(workdir) and checkpoint_faults.newest_complete_step(os.path.join(workdir, "checkpoints")) is not None
 
 
 def _kept_tokenizer(workdir):
-  return next((os.path.join(workdir, name) for name in TOKENIZER_FILES
-               if os.path.isfile(os.path.join(workdir, name))), None)
+  """The tokenizer file a run keeps, local (a copy of a gs:// one: the tokenizer libraries
+  read local files), or None."""
+  kept = next((os.path.join(workdir, name) for name in TOKENIZER_FILES
+               if storage.isfile(os.path.join(workdir, name))), None)
+  return storage.local_copy(kept) if kept and storage.is_gcs(kept) else kept
 
 
 class _RunSource:
@@ -254,7 +257,7 @@ class _RunSource:
   partial restore of its 'params' and 'rest' items."""
 
   def __init__(self, workdir, section):
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if not storage.isdir(os.path.join(workdir, "checkpoints")):
       raise UserError(f"{section.path('workdir')}={workdir} holds no checkpoints/; give the work directory of a "
                       f"jaxtrain run")
     ckpt = checkpoint.Checkpointer(workdir, read_only=True)

@@ -32,6 +32,7 @@ from jaxtrain import evaluate
 from jaxtrain import lr_find
 from jaxtrain import parallel
 from jaxtrain import peers
+from jaxtrain import storage
 from jaxtrain import train
 from jaxtrain.errors import UserError, exit_with
 from jaxtrain.preemption import Preempted
@@ -127,7 +128,7 @@ def _report(error):
     full = next((e for e in peers.chain(error) if isinstance(e, checkpoint.DiskFull)), None)
     if _TRACEBACK.value:
       traceback.print_exc()
-    workdir = os.path.abspath(_WORKDIR.value)
+    workdir = storage.absolute(_WORKDIR.value)
     _fail(str(full) if full else checkpoint.disk_full_message(
         workdir, f"writing to it failed ({checkpoint.disk_full(error)})",
         checkpoints=os.path.join(workdir, "checkpoints")))

@@ -33,6 +33,7 @@ from jaxtrain import models
 from jaxtrain import parallel
 from jaxtrain import sampling
 from jaxtrain import step as step_lib
+from jaxtrain import storage
 from jaxtrain.data import text as text_lib
 from jaxtrain.data import tokenizers
 from jaxtrain.errors import UserError
@@ -44,12 +45,12 @@ def load(path, step=None, *, parallel_config=None, dtype=None):
   """An `LM` from a jaxtrain work directory (its newest checkpoint, or `step`) or a
   Hugging Face Llama directory. `dtype`: the computation dtype ('bfloat16'); params stay
   float32."""
-  path = os.path.expanduser(str(path))
-  if not os.path.isdir(path):
+  path = storage.absolute(path) if storage.is_gcs(path) else os.path.expanduser(str(path))
+  if not storage.isdir(path):
     raise UserError(f"model path {path} does not exist or is not a directory; give a jaxtrain work directory "
                     f"or a Hugging Face model directory")
   strategy = strategy_for(parallel_config)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
+  if storage.isdir(os.path.join(path, "checkpoints")):
     return _load_run(path, step, strategy, dtype)
   if step is not None:
     raise UserError(f"step={step} is for jaxtrain work directories; {path} has no checkpoints/")
@@ -164,14 +165,18 @@ def _load_run(workdir, step, strategy, dtype):
 
 def _run_config(workdir):
   path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise UserError(f"{workdir} has checkpoints/ but no config.json; is it a jaxtrain work directory?")
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(storage.read_text(path)))
 
 
 def run_tokenizer(workdir, data_config):
   """A run's tokenizer: the copy training keeps in the work directory, else (runs from
   before it kept one) the one its config names or trained, found again in the data cache."""
-  kept = [name for name in ("tokenizer.json", "tokenizer.model") if os.path.exists(os.path.join(workdir, name))]
-  return tokenizers.load(workdir) if kept else text_lib.tokenizer_from_config(data_config)
+  kept = [name for name in ("tokenizer.json", "tokenizer.model") if storage.exists(os.path.join(workdir, name))]
+  if not kept:
+    return text_lib.tokenizer_from_config(data_config)
+  if not storage.is_gcs(workdir):
+    return tokenizers.load(workdir)
+  names = kept[:1] + [name for name in ("tokenizer_config.json",) if storage.exists(os.path.join(workdir, name))]
+  return tokenizers.load(os.path.dirname([storage.local_copy(os.path.join(workdir, name)) for name in names][0]))

@@ -16,6 +16,8 @@ from absl import logging
 import jax
 import numpy as np
 
+from jaxtrain import storage
+
 
 class Writer:
   """Appends to the run's metrics. A run starting at `start_step` (0, or the step it
@@ -26,17 +28,17 @@ class Writer:
     self._trackers = list(trackers) if self.enabled else []  # config.trackers: see jaxtrain.trackers.
     if not self.enabled:
       return
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    path = os.path.join(workdir, "metrics.jsonl")
-    self._samples_path = os.path.join(workdir, "samples.jsonl")
-    if start_step is not None:
-      _drop_rows_after(path, start_step)
-      _drop_rows_after(self._samples_path, start_step)
-    self._jsonl = open(path, "a", encoding="utf-8")
-    self._samples = None  # Opened at the first text.
-    # purge_step hides the events an interrupted run wrote after the checkpoint.
+    from tensorboardX import SummaryWriter, record_writer  # pylint: disable=import-outside-toplevel
+    record_writer.register_writer_factory("gs", _EventObjects())
+    self._jsonl = _Lines(os.path.join(workdir, "metrics.jsonl"), start_step)
+    self._jsonl.write([])  # There from the start, rows or not.
+    self._samples = _Lines(os.path.join(workdir, "samples.jsonl"), start_step)  # Made at the first text.
+    # purge_step hides the events an interrupted run wrote after the checkpoint. On gs://
+    # the event file is written whole at each flush, named by the second it started: the
+    # suffix keeps a run resumed within that second from overwriting it.
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30,
-                             purge_step=None if start_step is None else start_step + 1)
+                             purge_step=None if start_step is None else start_step + 1,
+                             filename_suffix=f".{os.getpid()}" if storage.is_gcs(workdir) else "")
     for tracker in self._trackers:
       tracker.start(workdir, config, start_step)
 
@@ -44,8 +46,7 @@ class Writer:
     if not self.enabled:
       return
     row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-    self._jsonl.write(json.dumps(row) + "\n")
-    self._jsonl.flush()
+    self._jsonl.write([json.dumps(row) + "\n"])
     scalars = {key: value for key, value in row.items() if key != "step" and isinstance(value, (int, float))}
     for key, value in scalars.items():
       self._tb.add_scalar(key, value, global_step=step)
@@ -57,11 +58,8 @@ class Writer:
     samples.jsonl, and one TensorBoard text entry '<name>/samples'."""
     if not self.enabled or not records:
       return
-    if self._samples is None:
-      self._samples = open(self._samples_path, "a", encoding="utf-8")
-    for record in records:
-      self._samples.write(json.dumps({"step": int(step), "evaluator": name, **record}, ensure_ascii=False) + "\n")
-    self._samples.flush()
+    self._samples.write([json.dumps({"step": int(step), "evaluator": name, **record}, ensure_ascii=False) + "\n"
+                         for record in records])
     # Markdown: each field as a fenced block keeps code's indentation.
     text = "\n\n".join("\n".join(f"**{key}**\n```\n{value}\n```" for key, value in record.items()) for record in records)
     self._tb.add_text(f"{name}/samples", text, global_step=step)
@@ -71,25 +69,90 @@ class Writer:
   def close(self):
     if self.enabled:
       self._jsonl.close()
-      if self._samples:
-        self._samples.close()
+      self._samples.close()
       self._tb.close()
       for tracker in self._trackers:
         tracker.close()
 
 
+class _EventObjects:
+  """tensorboardX's writers of gs:// event files, through jaxtrain.storage. In place of
+  tensorboardX's own, which uploads again whenever Python collects it: after the run
+  (and, in the tests, after the emulator stopped, where it retries for 120 s)."""
+
+  def open(self, path):
+    return _EventObject(path)
+
+  def directory_check(self, path):
+    del path  # A bucket needs no directories.
+
+
+class _EventObject:
+  """One event file: the records held here, the object written whole at each flush."""
+
+  def __init__(self, path):
+    self.path, self._buffer, self._written = path, bytearray(), 0
+
+  def write(self, data):
+    self._buffer += data
+
+  def flush(self):
+    if len(self._buffer) != self._written:
+      storage.write_bytes(self.path, bytes(self._buffer))
+      self._written = len(self._buffer)
+
+  def close(self):
+    self.flush()
+
+
+class _Lines:
+  """A JSON-lines file that grows. On a disk, appended to (opened at the first write). On
+  gs://, where nothing appends, its lines are kept here and the object written again whole
+  at each write: one object per log interval, never half of one."""
+
+  def __init__(self, path, start_step):
+    self.path, self._file, self._lines = path, None, None
+    if start_step is not None:
+      kept = _drop_rows_after(path, start_step)
+      self._lines = kept if storage.is_gcs(path) else None
+    if storage.is_gcs(path) and self._lines is None:
+      self._lines = _lines_of(storage.read_text(path)) if storage.exists(path) else []
+
+  def write(self, lines):
+    if self._lines is not None:
+      self._lines += lines
+      if lines or not storage.exists(self.path):
+        storage.write_text(self.path, "".join(self._lines))
+      return
+    if self._file is None:
+      self._file = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+    self._file.writelines(lines)
+    self._file.flush()
+
+  def close(self):
+    if self._file:
+      self._file.close()
+
+
+def _lines_of(text):
+  """Lines ending in '\n' (a last one may not). Not str.splitlines: a sample's text may hold
+  U+2028 and the like, which JSON leaves as they are."""
+  lines = [line + "\n" for line in text.split("\n")]
+  lines[-1] = lines[-1][:-1]
+  return lines if lines[-1] else lines[:-1]
+
+
 def _drop_rows_after(path, step):
-  """Rewrites metrics.jsonl without rows past `step` (atomically: a crash loses nothing)."""
-  if not os.path.exists(path):
-    return
-  with open(path, encoding="utf-8") as f:
-    lines = f.readlines()
+  """Rewrites metrics.jsonl without rows past `step` (all or nothing: a crash loses
+  nothing). Returns the lines kept."""
+  if not storage.exists(path):
+    return []
+  lines = _lines_of(storage.read_text(path))
   whole = lines if not lines or lines[-1].endswith("\n") else lines[:-1]  # A crash may cut the last.
   kept = [line for line in whole if line.strip() and json.loads(line)["step"] <= step]
   if kept != lines:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      f.writelines(kept)
-    os.replace(path + ".tmp", path)
+    storage.write_text(path, "".join(kept))
+  return kept
 
 
 def _plain(value):

@@ -26,6 +26,7 @@ import os
 import sys
 from typing import NamedTuple
 
+from jaxtrain import storage
 from jaxtrain.errors import UserError, did_you_mean, exit_with
 
 X_AXES = ("step", "epoch", "examples")
@@ -129,13 +130,14 @@ class Run:
 
 def load(directory):
   """The run in a work directory: a Run with its metrics rows and config."""
-  directory = os.fspath(directory)
-  if not os.path.isdir(directory):
-    what = "is a file" if os.path.exists(directory) else "does not exist"
+  directory = os.fspath(directory).rstrip("/") if storage.is_gcs(directory) else os.fspath(directory)
+  if not storage.isdir(directory):
+    what = "is a file" if storage.exists(directory) else "does not exist"
     raise UserError(f"{directory} {what}: give a run's work directory (with config.json and metrics.jsonl)")
-  missing = [n for n in ("config.json", "metrics.jsonl") if not os.path.isfile(os.path.join(directory, n))]
+  missing = [n for n in ("config.json", "metrics.jsonl") if not storage.isfile(os.path.join(directory, n))]
   if missing:
-    inside = sorted(d for d in os.listdir(directory) if os.path.isfile(os.path.join(directory, d, "metrics.jsonl")))
+    inside = sorted(d for d in storage.listdir(directory)
+                    if storage.isfile(os.path.join(directory, d, "metrics.jsonl")))
     hint = f"; runs inside it: {', '.join(os.path.join(directory, d) for d in inside[:5])}" if inside else ""
     raise UserError(f"{directory} is not a run's work directory: it has no {' and no '.join(missing)}{hint}")
   return Run(path=directory, config=_read_config(os.path.join(directory, "config.json")),
@@ -144,7 +146,7 @@ def load(directory):
 
 def _read_config(path):
   try:
-    with open(path, encoding="utf-8") as f:
+    with storage.open_file(path) as f:
       config = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise UserError(f"{path} is not JSON: {e}") from None
@@ -154,7 +156,7 @@ def _read_config(path):
 
 
 def _read_rows(path):
-  with open(path, "rb") as f:
+  with storage.open_file(path, "rb") as f:
     lines = f.read().split(b"\n")
   rows = []
   for number, line in enumerate(lines, 1):

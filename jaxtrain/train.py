@@ -9,7 +9,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
 import traceback
 from typing import Any
 
@@ -31,11 +30,12 @@ from jaxtrain import optim
 from jaxtrain import parallel
 from jaxtrain import profiling
 from jaxtrain import step as step_lib
+from jaxtrain import storage
 from jaxtrain import tasks
 from jaxtrain import trackers as trackers_lib
 from jaxtrain.errors import UserError, did_you_mean, first_line
 from jaxtrain.preemption import Preempted, PreemptionWatch
-from jaxtrain.workdir_lock import WorkdirLock
+from jaxtrain.workdir_lock import lock_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +209,7 @@ def run(config, workdir):
 
   # ---- Work directory: fresh start or resume ------------------------------------------
   _check_workdir(workdir)
-  lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None  # flock does not span hosts.
+  lock = lock_for(workdir).acquire() if jax.process_index() == 0 else None  # Process 0 writes the shared files.
   preemption = PreemptionWatch().start()
   ckpt = writer = None
   last = {}
@@ -397,6 +397,8 @@ def _must_fit(what, build):
 
 
 def _check_workdir(workdir):
+  if storage.is_gcs(workdir):
+    return storage.check_bucket(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"--workdir={workdir} is a file, not a directory; pick another path")
   try:
@@ -414,17 +416,14 @@ def _write_config(workdir, config, first_step):
     return
   path = os.path.join(workdir, "config.json")
   text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
-  if os.path.exists(path) and first_step > 0:
-    with open(path, encoding="utf-8") as f:
-      before = f.read()
+  if first_step > 0 and storage.exists(path):
+    before = storage.read_text(path)
     if before != text:
       changes = _differences(_flat(json.loads(before)), _flat(json.loads(text)))
       logging.warning("Resuming at step %d with a changed config: %s.", first_step, "; ".join(changes) or "formatting")
-      os.makedirs(os.path.join(workdir, "config_history"), exist_ok=True)
-      os.replace(path, os.path.join(workdir, "config_history", f"until_step_{first_step}.json"))
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+      storage.makedirs(os.path.join(workdir, "config_history"))
+      storage.write_text(os.path.join(workdir, "config_history", f"until_step_{first_step}.json"), before)
+  storage.write_text(path, text)
 
 
 def _keep_tokenizer(workdir, tokenizer):
@@ -437,9 +436,7 @@ def _keep_tokenizer(workdir, tokenizer):
   if tokenizer.kind != "sentencepiece" and os.path.exists(special):
     names[special] = "tokenizer_config.json"
   for source, name in names.items():
-    path = os.path.join(workdir, name)
-    shutil.copyfile(source, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    storage.copy_in(source, os.path.join(workdir, name))
 
 
 def _flat(tree, prefix=""):

@@ -1,15 +1,65 @@
 """One live run per work directory.
 
-The lock is an exclusive `flock` on `DIR/.lock`, held while the run lives. The operating
-system drops it when the process ends, however it ends (SIGKILL included), so the lock
-file a dead run leaves behind never blocks the next one.
+On a local (or shared POSIX) disk the lock is an exclusive `flock` on `DIR/.lock`, held
+while the run lives. The operating system drops it when the process ends, however it ends
+(SIGKILL included), so the lock file a dead run leaves behind never blocks the next one.
+
+On Cloud Storage nothing is dropped when a process dies, so the lock is an object,
+`gs://.../DIR/.lock`, that lives only while it is refreshed:
+  - it is created only if absent (a generation precondition of 0: GCS's atomic create);
+  - the run rewrites it every REFRESH_SECONDS, each time on condition that it is still the
+    generation it wrote last (so a run whose lock was taken over finds out, and says so);
+  - a lock not rewritten for STALE_SECONDS belongs to a dead run (a preempted VM), and so
+    does one whose holder was a process of this host that has ended (a run killed here and
+    started again here): the next run takes it over by rewriting it on condition of the
+    generation it found, so of two runs that find it stale at once only one gets it.
+Staleness compares the object's update time, the bucket's clock, with this host's clock:
+Cloud TPU and GCE VMs keep theirs in sync with Google's, well inside the margin.
 """
 
+import datetime
 import fcntl
 import os
+import re
 import socket
+import threading
 
+from absl import logging
+
+from jaxtrain import storage
 from jaxtrain.errors import UserError
+
+REFRESH_SECONDS = 20.0
+STALE_SECONDS = 90.0  # A few missed refreshes, so a slow request never loses a live run's lock.
+
+
+def lock_for(workdir):
+  """The lock of `workdir`, local or gs://, not yet acquired."""
+  return ObjectLock(workdir) if storage.is_gcs(workdir) else WorkdirLock(workdir)
+
+
+def _holder():
+  return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+def _in_use(workdir, holder):
+  return UserError(f"--workdir={workdir} is in use by a live run ({holder}); wait for it to end, stop it, or "
+                   f"pick another directory")
+
+
+def _dead_here(holder):
+  """Whether `holder` ('pid N on HOST') is a process of this host that has ended: a run
+  killed here is rerun here at once, without waiting for its lock to go stale."""
+  found = re.fullmatch(r"pid (\d+) on (\S+)", holder)
+  if not found or found.group(2) != socket.gethostname():
+    return False
+  try:
+    os.kill(int(found.group(1)), 0)
+  except ProcessLookupError:
+    return True
+  except PermissionError:  # Alive, another user's.
+    return False
+  return False
 
 
 class WorkdirLock:
@@ -25,10 +75,9 @@ class WorkdirLock:
     except BlockingIOError:
       holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
       os.close(fd)
-      raise UserError(f"--workdir={os.path.dirname(self.path)} is in use by a live run ({holder}); "
-                      f"wait for it to end, stop it, or pick another directory") from None
+      raise _in_use(os.path.dirname(self.path), holder) from None
     os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+    os.write(fd, _holder().encode())
     self._fd = fd
     return self
 
@@ -36,3 +85,88 @@ class WorkdirLock:
     if self._fd is not None:
       os.close(self._fd)  # Closing drops the flock.
       self._fd = None
+
+
+class ObjectLock:
+  """The lock object of a gs:// work directory (see the module's docstring)."""
+
+  def __init__(self, workdir):
+    self.workdir = workdir
+    self._bucket_name, key = storage.bucket_of(f"{workdir}/.lock")
+    self._key = key
+    self._generation = None
+    self._stop = threading.Event()
+    self._thread = None
+
+  def acquire(self):
+    from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+    blob = self._blob()
+    try:
+      blob.upload_from_string(_holder(), if_generation_match=0)
+    except exceptions.PreconditionFailed:
+      self._take_over_if_stale()
+    except Exception as e:  # pylint: disable=broad-except
+      raise UserError(f"--workdir={self.workdir}: cannot write the run's lock object: "
+                      f"{storage.access_problem(e)}") from None
+    else:
+      self._generation = blob.generation
+    self._thread = threading.Thread(target=self._refresh, name="jaxtrain-workdir-lock", daemon=True)
+    self._thread.start()
+    return self
+
+  def release(self):
+    if self._thread is None:
+      return
+    self._stop.set()
+    self._thread.join()
+    self._thread = None
+    try:
+      self._blob().delete(if_generation_match=self._generation)
+    except Exception as e:  # pylint: disable=broad-except  (taken over, or the bucket is gone: not ours to delete)
+      logging.warning("Could not delete the lock object %s/.lock: %s", self.workdir, e)
+
+  def _blob(self):
+    from google.cloud import storage as gcs  # pylint: disable=import-outside-toplevel
+    storage.prepare_environment()
+    return gcs.Client().bucket(self._bucket_name).blob(self._key)
+
+  def _take_over_if_stale(self):
+    from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+    current = self._blob().bucket.get_blob(self._key)
+    if current is None:  # Released in between: try once more to create it.
+      blob = self._blob()
+      try:
+        blob.upload_from_string(_holder(), if_generation_match=0)
+      except exceptions.PreconditionFailed:
+        raise _in_use(self.workdir, "another run that started just now") from None
+      self._generation = blob.generation
+      return
+    holder = current.download_as_text(if_generation_match=current.generation) if current.size else ""
+    age = (datetime.datetime.now(datetime.timezone.utc) - current.updated).total_seconds()
+    if age < STALE_SECONDS and not _dead_here(holder):
+      raise _in_use(self.workdir, f"{holder or 'another process'}, lock refreshed {max(age, 0):.0f} s ago")
+    blob = self._blob()
+    try:
+      blob.upload_from_string(_holder(), if_generation_match=current.generation)
+    except exceptions.PreconditionFailed:
+      raise _in_use(self.workdir, "another run that took over the same stale lock") from None
+    self._generation = blob.generation
+    why = "it is not running on this host" if _dead_here(holder) else f"not refreshed for {age:.0f} s"
+    logging.warning("Took over the lock of --workdir=%s from %s: %s, so that run is gone.", self.workdir,
+                    holder or "an unnamed process", why)
+
+  def _refresh(self):
+    from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+    while not self._stop.wait(REFRESH_SECONDS):
+      blob = self._blob()
+      try:
+        blob.upload_from_string(_holder(), if_generation_match=self._generation)
+        self._generation = blob.generation
+      except exceptions.PreconditionFailed:
+        logging.error("The lock of --workdir=%s was taken over by another run (this run's refreshes were more than "
+                      "%.0f s apart): two runs now write this directory; stop one of them.", self.workdir,
+                      STALE_SECONDS)
+        return
+      except Exception as e:  # pylint: disable=broad-except  (a network hiccup: the next refresh may pass)
+        logging.warning("Refreshing the lock of --workdir=%s failed (%s); trying again in %.0f s.", self.workdir, e,
+                        REFRESH_SECONDS)

@@ -24,12 +24,15 @@ def flag_value(args, name):
   return value
 
 
-def shared_workdir(job_args, where):
+def shared_workdir(job_args, where, bucket=False):
   """The run's --workdir, once its flags are known to name a config and an absolute work
-  directory: the hosts run elsewhere, where a relative path would mean another place."""
+  directory (or, with `bucket`, a gs:// one): the hosts run elsewhere, where a relative
+  path would mean another place."""
   workdir = flag_value(job_args, "workdir")
   if not flag_value(job_args, "config") or not workdir:
     fail("after --, pass the run's flags, at least --config=experiments/NAME.py and --workdir=/SHARED/DIR")
+  if bucket and workdir.startswith("gs://"):
+    return workdir.rstrip("/")
   if not workdir.startswith("/"):
     fail(f"--workdir={workdir}: give an absolute path {where}")
   return workdir.rstrip("/") or "/"

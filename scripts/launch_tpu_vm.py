@@ -2,13 +2,13 @@
 
     python scripts/launch_tpu_vm.py --name=NAME --zone=ZONE --accelerator_type=TYPE \\
         [--version=V] [--project=P] [--spot] [--reuse] [--keep] [--dry-run] \\
-        -- --config=experiments/NAME.py[:ARG] --workdir=/SHARED/DIR [--config.a.b=V ...]
+        -- --config=experiments/NAME.py[:ARG] --workdir=gs://BUCKET/DIR|/SHARED/DIR [--config.a.b=V ...]
 
 Examples:
 
     # A v4-32 slice (4 hosts) for one run, deleted when the run ends:
     python scripts/launch_tpu_vm.py --name=d1 --zone=us-central2-b --accelerator_type=v4-32 \\
-        -- --config=experiments/digits.py --workdir=/mnt/shared/runs/d1
+        -- --config=experiments/digits.py --workdir=gs://my-bucket/runs/d1
     # Again on the same TPU, kept afterwards; print the commands only:
     python scripts/launch_tpu_vm.py --name=d1 --zone=us-central2-b --reuse --dry-run \\
         -- --config=experiments/digits.py --workdir=/mnt/shared/runs/d1 --config.total_epochs=20
@@ -19,7 +19,7 @@ Steps, each printed (`+ command`) before it runs:
   2. pack the repository's committed files (`git archive HEAD`: commit your changes
      first) and copy the tarball to every worker (`... scp --worker=all`);
   3. on every worker at once (`... ssh --worker=all`): unpack into ~/jaxtrain, install
-     it with `jax[tpu]` into a Python 3.11 venv (~/jaxtrain-venv, made with uv; or into
+     it (with its `gcs` extra) and `jax[tpu]` into a Python 3.11 venv (~/jaxtrain-venv, made with uv; or into
      --python), and run `python -m jaxtrain.launch` with the arguments after `--`. gcloud streams every worker's output to this terminal: that is
      the job's log.
   4. delete the TPU VM, also when the job fails or on Ctrl-C (not with --keep or --reuse).
@@ -27,9 +27,10 @@ The exit status is the job's.
 
 Every worker runs the same command; jaxtrain sees it is on a Cloud TPU VM and calls
 `jax.distributed.initialize()`, which finds the other workers itself, so no
---coordinator_address/--num_processes/--process_id are passed. --workdir must be an
-absolute path that every worker shares (an NFS or Filestore mount, or a gcsfuse mount of
-a bucket) and that outlives the TPU VM: checkpoints are written by every worker.
+--coordinator_address/--num_processes/--process_id are passed. --workdir must outlive the
+TPU VM and be shared by every worker (checkpoints are written by every worker): a bucket,
+gs://BUCKET/DIR, which jaxtrain writes itself (no mount needed; the TPU VM's service
+account needs write access to it), or an absolute path every worker mounts (NFS, Filestore).
 
 jaxtrain needs Python 3.11 or newer, and the Ubuntu 22.04 TPU images' python3 is 3.10:
 so by default the workers get a 3.11 venv from uv (`--python=PATH` uses one you installed).
@@ -54,7 +55,7 @@ def main(argv):
   args = parser.parse_args(own)
   if not args.reuse and not args.accelerator_type:
     parser.error("--accelerator_type is required (unless --reuse)")
-  shared_workdir(job_args, "that every worker shares (an NFS/Filestore mount, or a gcsfuse mount of a bucket)")
+  shared_workdir(job_args, "that every worker shares (an NFS/Filestore mount), or gs://BUCKET/DIR", bucket=True)
   if not args.dry_run:
     for tool in ("gcloud", "git"):
       if not on_path(tool):
@@ -104,17 +105,17 @@ def _remote_command(python, job_args):
     venv = "~/jaxtrain-venv"
     return (f"{unpack} && python3 -m pip install -q --user uv"
             f" && {{ [ -x {venv}/bin/python ] || python3 -m uv venv -q --python 3.11 {venv}; }}"
-            f" && python3 -m uv pip install -q --python {venv}/bin/python -e . 'jax[tpu]'"
+            f" && python3 -m uv pip install -q --python {venv}/bin/python -e '.[gcs]' 'jax[tpu]'"
             f" && {venv}/bin/python -m jaxtrain.launch {shlex.join(job_args)}")
   python = shlex.quote(python)
-  return (f"{unpack} && {python} -m pip install -q -e . 'jax[tpu]'"
+  return (f"{unpack} && {python} -m pip install -q -e '.[gcs]' 'jax[tpu]'"
           f" && {python} -m jaxtrain.launch {shlex.join(job_args)}")
 
 
 def _parser():
   parser = argparse.ArgumentParser(
       usage="%(prog)s --name=NAME --zone=ZONE --accelerator_type=TYPE [options] "
-      "-- --config=... --workdir=/SHARED/DIR [--config.a.b=V ...]",
+      "-- --config=... --workdir=gs://BUCKET/DIR|/SHARED/DIR [--config.a.b=V ...]",
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--name", required=True, help="TPU VM name (also names the local tarball)")
   parser.add_argument("--zone", required=True, help="e.g. us-central2-b")

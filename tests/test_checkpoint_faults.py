@@ -25,6 +25,7 @@ from test_train import tiny_config
 from jaxtrain import checkpoint
 from jaxtrain import checkpoint_faults
 from jaxtrain import launch
+from jaxtrain import storage
 from jaxtrain import train
 from jaxtrain.errors import UserError
 
@@ -234,7 +235,7 @@ def test_a_storage_error_while_checking_is_no_evidence_of_damage(trained_20, tmp
       raise OSError(errno.EIO, "Input/output error", name)
     return open(name, *args, **kwargs)
 
-  monkeypatch.setattr(checkpoint_faults, "open", eio, raising=False)  # The module's `open` before the builtin.
+  monkeypatch.setattr(storage, "open", eio, raising=False)  # The module's `open` before the builtin.
   assert checkpoint.find_damage(path) is None
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, read_checkpoint
+from jaxtrain import storage
 
 DIGITS = os.path.join(ROOT, "experiments", "digits.py")
 TOTAL = 300
@@ -45,11 +46,12 @@ def finish(workdir):
 
 
 def logged_step(workdir):
+  """The last step metrics.jsonl has a whole row of (on disk, or gs:// for test_gcs_workdir.py)."""
   try:
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-      return max((json.loads(line)["step"] for line in f if line.endswith("\n")), default=0)
+    lines = storage.read_text(os.path.join(workdir, "metrics.jsonl")).split("\n")[:-1]
   except FileNotFoundError:
     return 0
+  return max((json.loads(line)["step"] for line in lines), default=0)
 
 
 def wait_for_step(process, workdir, step):
@@ -61,9 +63,8 @@ def wait_for_step(process, workdir, step):
 
 
 def rows(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    return [{k: v for k, v in json.loads(line).items() if not k.endswith(("_per_sec", "_seconds"))}
-            for line in f]
+  return [{k: v for k, v in json.loads(line).items() if not k.endswith(("_per_sec", "_seconds"))}
+          for line in storage.read_text(os.path.join(workdir, "metrics.jsonl")).splitlines()]
 
 
 def final_state(workdir):

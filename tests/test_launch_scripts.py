@@ -94,7 +94,7 @@ def test_tpu_workers_get_a_python_311_venv_install_then_run_the_users_arguments_
       *UNPACK, "&&", "python3", "-m", "pip", "install", "-q", "--user", "uv",
       "&&", "{", "[", "-x", f"{venv}/bin/python", "]", "||", "python3", "-m", "uv", "venv", "-q", "--python", "3.11",
       f"{venv};", "}",
-      "&&", "python3", "-m", "uv", "pip", "install", "-q", "--python", f"{venv}/bin/python", "-e", ".", "jax[tpu]",
+      "&&", "python3", "-m", "uv", "pip", "install", "-q", "--python", f"{venv}/bin/python", "-e", ".[gcs]", "jax[tpu]",
       "&&", f"{venv}/bin/python", "-m", "jaxtrain.launch", *JOB]
   assert "--coordinator_address" not in command  # jax.distributed.initialize() finds the workers itself.
   # And the workers' shell can parse it.
@@ -105,7 +105,7 @@ def test_tpu_workers_use_a_given_python_as_it_is():
   result = run(TPU, *V4_32, "--python=/opt/py311/bin/python3", "--dry-run", "--", *JOB)
   command = remote_command(commands(result.stdout)[3])
   assert shlex.split(command) == [
-      *UNPACK, "&&", "/opt/py311/bin/python3", "-m", "pip", "install", "-q", "-e", ".", "jax[tpu]",
+      *UNPACK, "&&", "/opt/py311/bin/python3", "-m", "pip", "install", "-q", "-e", ".[gcs]", "jax[tpu]",
       "&&", "/opt/py311/bin/python3", "-m", "jaxtrain.launch", *JOB]
   assert subprocess.run(["bash", "-n", "-c", command], check=False).returncode == 0
 
@@ -142,6 +142,15 @@ def test_tpu_project_goes_to_every_gcloud_command_and_spot_to_create():
 ])
 def test_tpu_refuses_a_job_without_config_or_shared_workdir(job, words):
   assert_usage_error(run(TPU, *V4_32, "--dry-run", "--", *job), *words)
+
+
+def test_tpu_takes_a_bucket_as_the_work_directory_unchanged():
+  job = ["--config=experiments/digits.py", "--workdir=gs://my-bucket/runs/d1/"]
+  result = run(TPU, *V4_32, "--dry-run", "--", *job)
+  assert result.returncode == 0, result.stderr
+  command = shlex.split(remote_command(commands(result.stdout)[3]))
+  assert command[-3:] == ["jaxtrain.launch", *job]  # No mount: jaxtrain writes the bucket itself.
+  assert "gs://BUCKET/DIR, which jaxtrain writes itself (no mount needed" in run(TPU, "--help").stdout
 
 
 def test_tpu_without_gcloud_on_path_fails_in_one_line(tmp_path):
@@ -288,6 +297,7 @@ with open(os.environ['FAKE_LOG'], 'a') as f:
     (["--config=experiments/digits.py"], ["--workdir="]),
     (["--workdir=/shared/runs/d1"], ["--config="]),
     (["--config=experiments/digits.py", "--workdir=runs/d1"], ["absolute"]),
+    (["--config=experiments/digits.py", "--workdir=gs://b/runs/d1"], ["absolute"]),  # Its script goes in the workdir.
 ])
 def test_slurm_refuses_a_job_without_config_or_absolute_workdir(job, words):
   assert_usage_error(run(SLURM, "--nodes=1", "--gpus_per_node=8", "--dry-run", "--", *job), *words)

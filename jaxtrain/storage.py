@@ -1,0 +1,194 @@
+"""Where a run's files live: a local directory, or a Cloud Storage prefix (`gs://BUCKET/PATH`).
+
+Local paths go through `os`, as they always have. gs:// paths go through gcsfs, fsspec's
+Cloud Storage filesystem (the one etils.epath, and so Orbax, uses when TensorFlow is not
+installed); checkpoint arrays go through TensorStore, which Orbax drives. Object storage
+differs from a disk in three ways that shape the callers:
+  - nothing appends: a file that grows (metrics.jsonl) is written again whole;
+  - one object is written whole or not at all, and readers never see half of it: no
+    temporary file and rename is needed;
+  - nothing renames: a move is a copy and a delete (only damaged checkpoints are moved).
+With STORAGE_EMULATOR_HOST set (a local emulator, as the tests use), gcsfs and
+google-cloud-storage follow it, and TensorStore is pointed at the same URL.
+"""
+
+import functools
+import importlib.util
+import logging as std_logging
+import os
+import shutil
+
+from jaxtrain.errors import UserError, first_line
+
+PREFIX = "gs://"
+NEEDS = "pip install -e '.[gcs]'"
+
+
+def is_gcs(path):
+  return str(path).startswith(PREFIX)
+
+
+def absolute(path):
+  """A local path made absolute (`~` expanded); a gs:// path as given, less a trailing '/'."""
+  path = str(path)
+  return path.rstrip("/") if is_gcs(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def bucket_of(path):
+  """('BUCKET', 'PATH') of 'gs://BUCKET/PATH'."""
+  bucket, _, key = path[len(PREFIX):].partition("/")
+  return bucket, key
+
+
+def prepare_environment():
+  """Settings gcsfs and TensorStore read once, at import or first use."""
+  # gcsfs (2025.x on) otherwise asks the Storage Control API, over gRPC and TLS, whether
+  # each bucket is hierarchical: an emulator cannot answer, and every operation on the
+  # bucket then waits 60 s for the timeout (measured with fake-gcs-server).
+  os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+  emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+  if emulator:
+    os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", emulator if "://" in emulator else f"http://{emulator}")
+
+
+@functools.cache
+def gcs():
+  """The gcsfs filesystem (one per process: it caches listings, which we invalidate)."""
+  prepare_environment()
+  try:
+    import gcsfs  # pylint: disable=import-outside-toplevel
+    # google-cloud-storage: Orbax deletes old checkpoints, tensorboardX writes events, and the lock is made with it.
+    if importlib.util.find_spec("google.cloud.storage") is None:
+      raise ImportError("google-cloud-storage")
+  except ImportError:
+    raise UserError(f"a gs:// work directory needs gcsfs and google-cloud-storage: {NEEDS}") from None
+  std_logging.getLogger("fsspec").setLevel(std_logging.WARNING)  # A line per file read at INFO.
+  # Its read-ahead thread logs a traceback for each failed read (a file that vanished, as
+  # Orbax's listing races a set-aside), then raises the same error to the reader anyway.
+  std_logging.getLogger("fsspec.prefetcher").setLevel(std_logging.CRITICAL)
+  return gcsfs.GCSFileSystem()
+
+
+def _fs(path):
+  fs = gcs()
+  fs.invalidate_cache()  # Another process (the run, its other hosts) may have written since.
+  return fs
+
+
+def exists(path):
+  return _fs(path).exists(path) if is_gcs(path) else os.path.exists(path)
+
+
+def isdir(path):
+  """On gs://, a prefix with at least one object under it (object stores have no directories)."""
+  return _fs(path).isdir(path) if is_gcs(path) else os.path.isdir(path)
+
+
+def isfile(path):
+  return _fs(path).isfile(path) if is_gcs(path) else os.path.isfile(path)
+
+
+def listdir(path):
+  """The names directly under `path`."""
+  if not is_gcs(path):
+    return os.listdir(path)
+  return [name.rstrip("/").rsplit("/", 1)[-1] for name in _fs(path).ls(path, detail=False)]
+
+
+def files_under(path):
+  """Every file under `path`, as full paths (os.walk's files)."""
+  if not is_gcs(path):
+    return [os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
+  return [PREFIX + name for name in _fs(path).find(path)]
+
+
+def open_file(path, mode="r"):
+  """Reading: `open`. Writing on gs://: the object appears whole when the file closes."""
+  if not is_gcs(path):
+    return open(path, mode, encoding=None if "b" in mode else "utf-8")  # pylint: disable=consider-using-with
+  return _fs(path).open(path, mode, encoding=None if "b" in mode else "utf-8")
+
+
+def read_text(path):
+  with open_file(path) as f:
+    return f.read()
+
+
+def write_text(path, text):
+  write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path, data):
+  """All or nothing: a temporary file renamed locally; one object on gs://."""
+  if is_gcs(path):
+    _fs(path).pipe_file(path, data)
+    return
+  with open(path + ".tmp", "wb") as f:
+    f.write(data)
+  os.replace(path + ".tmp", path)
+
+
+def copy_in(local_file, path):
+  """Copies a local file to `path`, all or nothing."""
+  if is_gcs(path):
+    _fs(path).put_file(local_file, path)
+    return
+  shutil.copyfile(local_file, path + ".tmp")
+  os.replace(path + ".tmp", path)
+
+
+def local_copy(path):
+  """A local copy of the gs:// file `path`, for libraries that read only local files
+  (SentencePiece, tokenizers): ~/.cache/jaxtrain/gs/BUCKET/PATH, fetched again each time.
+  The same place each time, so a config that names it stays the same on resume."""
+  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  local = os.path.join(root, "jaxtrain", "gs", *bucket_of(path))
+  os.makedirs(os.path.dirname(local), exist_ok=True)
+  _fs(path).get_file(path, local + ".tmp")
+  os.replace(local + ".tmp", local)
+  return local
+
+
+def makedirs(path):
+  """Local only: on gs://, a prefix exists once something is written under it."""
+  if not is_gcs(path):
+    os.makedirs(path, exist_ok=True)
+
+
+def move(source, target):
+  """A rename locally; on gs://, a copy of every object, then the source's deletion."""
+  if not is_gcs(source):
+    os.rename(source, target)
+    return
+  fs = _fs(source)
+  # Not fs.mv: it tries the moveTo API first, which only hierarchical buckets have, and
+  # logs a traceback per object before falling back to this.
+  fs.copy(source, target, recursive=True)
+  fs.rm(source, recursive=True)
+
+
+def check_bucket(workdir):
+  """One line, before anything is written, when the bucket of a gs:// `workdir` cannot be
+  used: it does not exist, or there are no credentials, or no permission to read it."""
+  bucket, _ = bucket_of(workdir)
+  if not bucket:
+    raise UserError(f"--workdir={workdir} names no bucket; give gs://BUCKET/PATH")
+  fs = _fs(workdir)
+  try:
+    fs.info(bucket)  # exists() would say False for every failure alike.
+  except FileNotFoundError:
+    raise UserError(f"--workdir={workdir}: bucket gs://{bucket} does not exist; create it "
+                    f"(gcloud storage buckets create gs://{bucket}) or fix the name") from None
+  except Exception as e:  # pylint: disable=broad-except  (gcsfs and google-auth raise many kinds)
+    raise UserError(f"--workdir={workdir}: cannot reach bucket gs://{bucket}: {access_problem(e)}") from None
+
+
+def access_problem(error):
+  """What a failed Cloud Storage call means for the user, in a few words."""
+  text = f"{type(error).__name__}: {first_line(error, 200)}"
+  if "DefaultCredentialsError" in text or "credentials" in text.lower():
+    return (f"no credentials ({text}); run `gcloud auth application-default login`, or set "
+            f"GOOGLE_APPLICATION_CREDENTIALS")
+  if isinstance(error, PermissionError) or "403" in text or "Forbidden" in text:
+    return f"no permission ({text}); grant this account roles/storage.objectAdmin on the bucket"
+  return text
