@@ -33,12 +33,12 @@ class Writer:
     self._jsonl = _Lines(os.path.join(workdir, "metrics.jsonl"), start_step)
     self._jsonl.write([])  # There from the start, rows or not.
     self._samples = _Lines(os.path.join(workdir, "samples.jsonl"), start_step)  # Made at the first text.
-    # purge_step hides the events an interrupted run wrote after the checkpoint. On gs://
-    # the event file is written whole at each flush, named by the second it started: the
-    # suffix keeps a run resumed within that second from overwriting it.
+    # purge_step hides the events an interrupted run wrote after the checkpoint. An event
+    # file is named by the second it starts and the host: the suffix keeps a start within
+    # the same second (a resume, an evaluation) from overwriting the one before.
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30,
                              purge_step=None if start_step is None else start_step + 1,
-                             filename_suffix=f".{os.getpid()}" if storage.is_gcs(workdir) else "")
+                             filename_suffix=f".{os.getpid()}.{start_step}")
     for tracker in self._trackers:
       tracker.start(workdir, config, start_step)
 

@@ -11,10 +11,13 @@ or stopped inside it (preemption, early stopping), writes no trace.
 """
 
 import os
+import shutil
+import tempfile
 
 from absl import logging
 import jax
 
+from jaxtrain import storage
 from jaxtrain.errors import UserError
 
 
@@ -31,7 +34,7 @@ class Profile:
       raise UserError(f"config key '{section.path('start_step')}'={self.start} with num_steps={self.num} traces "
                       f"steps {self.start}..{self.start + self.num - 1}, which must lie in 1..{total_steps - 1} "
                       f"(the run trains {total_steps} steps)")
-    self.directory = None
+    self.directory = self._local = None
 
   def at(self, step, state, workdir):
     if not self.num:
@@ -40,11 +43,17 @@ class Profile:
       self.directory = os.path.join(workdir, "profile")
       if jax.process_count() > 1:
         self.directory = os.path.join(self.directory, f"process_{jax.process_index()}")
+      # JAX's own Cloud Storage client would write gs:// itself, but it follows no emulator
+      # and finds credentials its own way: trace to local disk, then copy the files over.
+      self._local = tempfile.mkdtemp(prefix="jaxtrain-profile-") if storage.is_gcs(workdir) else self.directory
       jax.block_until_ready(state)  # The trace holds these steps alone.
-      jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
+      jax.profiler.start_trace(self._local, create_perfetto_trace=True)
     elif step == self.start + self.num and self.directory:
       jax.block_until_ready(state)
       jax.profiler.stop_trace()
+      if self._local != self.directory:
+        storage.put_tree(self._local, self.directory)
+        shutil.rmtree(self._local)
       logging.info("Profiler trace of steps %d-%d in %s: tensorboard --logdir=%s (profile plugin), or "
                    "perfetto_trace.json.gz in ui.perfetto.dev.", self.start, step - 1, self.directory, self.directory)
       self.directory = None

@@ -149,6 +149,11 @@ def local_copy(path):
   return local
 
 
+def put_tree(local_directory, path):
+  """Copies a local directory's files under the gs:// `path`."""
+  _fs(path).put(local_directory.rstrip("/") + "/", path, recursive=True)
+
+
 def makedirs(path):
   """Local only: on gs://, a prefix exists once something is written under it."""
   if not is_gcs(path):
@@ -184,11 +189,13 @@ def check_bucket(workdir):
 
 
 def access_problem(error):
-  """What a failed Cloud Storage call means for the user, in a few words."""
+  """What a failed Cloud Storage call means for the user, in a few words. gcsfs falls back
+  to anonymous access when it finds no credentials, so "no credentials" reaches us as 401."""
   text = f"{type(error).__name__}: {first_line(error, 200)}"
-  if "DefaultCredentialsError" in text or "credentials" in text.lower():
+  code = getattr(error, "code", None)
+  if code == 401 or "DefaultCredentialsError" in text or "Anonymous caller" in text or "credentials" in text.lower():
     return (f"no credentials ({text}); run `gcloud auth application-default login`, or set "
-            f"GOOGLE_APPLICATION_CREDENTIALS")
-  if isinstance(error, PermissionError) or "403" in text or "Forbidden" in text:
+            f"GOOGLE_APPLICATION_CREDENTIALS (on a VM: give it a service account)")
+  if code == 403 or isinstance(error, PermissionError) or "Forbidden" in text or "does not have storage." in text:
     return f"no permission ({text}); grant this account roles/storage.objectAdmin on the bucket"
   return text

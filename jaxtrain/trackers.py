@@ -21,6 +21,7 @@ checkpoint are written again from the same steps: trackers that require increasi
 import os
 import uuid
 
+from jaxtrain import storage
 from jaxtrain.errors import UserError
 from jaxtrain.registry import Registry
 
@@ -61,16 +62,15 @@ class WandB:
 
   def start(self, workdir, config, start_step):
     id_path = os.path.join(workdir, "wandb_run_id")
-    if os.path.exists(id_path):
-      with open(id_path, encoding="utf-8") as f:
-        run_id = f.read().strip()
+    if storage.exists(id_path):
+      run_id = storage.read_text(id_path).strip()
     else:
       run_id = uuid.uuid4().hex[:12]
-      with open(id_path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(run_id)
-      os.replace(id_path + ".tmp", id_path)
-    options = dict(self.options, name=self.options["name"] or os.path.basename(os.path.abspath(workdir)))
-    self.run = self.wandb.init(id=run_id, resume="allow", dir=workdir, config=config, **options)
+      storage.write_text(id_path, run_id)
+    options = dict(self.options, name=self.options["name"] or os.path.basename(storage.absolute(workdir)))
+    # W&B keeps its own files on a local disk: for a gs:// run, in ./wandb (its default).
+    local = None if storage.is_gcs(workdir) else workdir
+    self.run = self.wandb.init(id=run_id, resume="allow", dir=local, config=config, **options)
 
   def write(self, step, scalars):
     self.run.log(scalars, step=step)  # A step W&B has passed (a resume's replay) is dropped with a warning.

@@ -4,10 +4,13 @@ import importlib.util
 import os
 import shutil
 import sysconfig
+import uuid
 
 import jax
 import orbax.checkpoint as ocp
 import pytest
+
+import gcs_emulator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,3 +77,22 @@ def read_checkpoint(workdir, step, like=None):
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like[name])
       items[name] = ckptr.restore(path, target)
   return items
+
+
+@pytest.fixture(scope="module")
+def bucket(tmp_path_factory):
+  """gs://NAME: a fresh bucket on a Cloud Storage emulator of the test module's own
+  (tests/gcs_emulator.py), with STORAGE_EMULATOR_HOST set for the runs it starts."""
+  process, url = gcs_emulator.start(str(tmp_path_factory.mktemp("emulator") / "log"))
+  saved = {key: os.environ.get(key) for key in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL")}
+  os.environ["STORAGE_EMULATOR_HOST"] = os.environ["TENSORSTORE_GCS_HTTP_URL"] = url
+  name = f"jaxtrain-{uuid.uuid4().hex[:8]}"  # Orbax caches its bucket client by name.
+  gcs_emulator.make_bucket(url, name)
+  yield f"gs://{name}"
+  for key, value in saved.items():
+    if value is None:
+      os.environ.pop(key, None)
+    else:
+      os.environ[key] = value
+  process.terminate()
+  process.wait()

@@ -10,13 +10,11 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import jax
 import numpy as np
 import pytest
 
-import gcs_emulator
 import test_interruptions
 from conftest import ROOT, read_checkpoint, tiny_lm
 from jaxtrain import evaluate
@@ -32,25 +30,6 @@ from test_multihost import assert_close_runs, finish_two
 
 pytestmark = pytest.mark.slow
 reference = test_interruptions.reference  # The fixture: the uninterrupted run, on local disk.
-
-
-@pytest.fixture(scope="module")
-def bucket(tmp_path_factory):
-  """A fresh bucket on an emulator of this module's own (STORAGE_EMULATOR_HOST set for the
-  runs it starts): gs://NAME."""
-  process, url = gcs_emulator.start(str(tmp_path_factory.mktemp("emulator") / "log"))
-  saved = {key: os.environ.get(key) for key in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL")}
-  os.environ["STORAGE_EMULATOR_HOST"] = os.environ["TENSORSTORE_GCS_HTTP_URL"] = url
-  name = f"jaxtrain-{uuid.uuid4().hex[:8]}"  # Orbax caches its bucket client by name.
-  gcs_emulator.make_bucket(url, name)
-  yield f"gs://{name}"
-  for key, value in saved.items():
-    if value is None:
-      os.environ.pop(key, None)
-    else:
-      os.environ[key] = value
-  process.terminate()
-  process.wait()
 
 
 def start(workdir, *more):
@@ -226,14 +205,3 @@ def test_the_readers_take_a_run_on_gcs_as_one_on_disk(bucket, tfds_dir, corpus, 
   for a, b in zip(jax.tree.leaves(read_checkpoint(str(tmp_path / "tuned"), 2)),
                   jax.tree.leaves(read_checkpoint(str(tmp_path / "tuned_local"), 2)), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-def test_without_gcsfs_a_bucket_work_directory_is_one_line(monkeypatch):
-  monkeypatch.setitem(sys.modules, "gcsfs", None)  # As if not installed.
-  storage.gcs.cache_clear()
-  try:
-    with pytest.raises(UserError, match=r"^a gs:// work directory needs gcsfs and google-cloud-storage: "
-                                        r"pip install -e '\.\[gcs\]'$"):
-      storage.check_bucket("gs://some-bucket/run")
-  finally:
-    storage.gcs.cache_clear()
