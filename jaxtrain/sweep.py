@@ -31,6 +31,7 @@ import time
 
 from jaxtrain import plot as plot_lib
 from jaxtrain import runs as runs_lib
+from jaxtrain import storage
 from jaxtrain.errors import UserError, did_you_mean, exit_with, first_line
 
 
@@ -153,6 +154,9 @@ def prepare(args, extra):
 
 def _check_workdir(directory, definition, names):
   path = os.path.join(directory, "sweep.json")
+  if storage.is_gcs(directory):  # Its table, plot and run logs are local files; the runs could be on gs://.
+    raise UserError(f"--workdir={directory}: a sweep's directory must be on a disk (its logs and table are "
+                    f"files there); give a local or shared path")
   if os.path.exists(directory) and not os.path.isdir(directory):
     raise UserError(f"--workdir={directory} is a file: give a directory for the sweep")
   if os.path.isfile(path):

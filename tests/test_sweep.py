@@ -247,6 +247,14 @@ def test_mistakes_are_one_line_and_write_nothing(args, message, tmp_path, capsys
   assert not os.path.exists(workdir)
 
 
+def test_a_bucket_as_the_sweeps_directory_is_one_line(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    sweep.main([f"--config={CONFIG}", "--workdir=gs://b/sweep", "--sweep=seed=0,1"])
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err == ("error: --workdir=gs://b/sweep: a sweep's directory must be on a disk (its logs "
+                                     "and table are files there); give a local or shared path\n")
+
+
 def test_another_grid_in_the_same_directory_is_refused(swept, tmp_path, capsys):
   workdir, _ = swept
   before = sorted(os.listdir(workdir)), open(os.path.join(workdir, "sweep.json"), "rb").read()
