@@ -8,7 +8,7 @@ On Cloud Storage nothing is dropped when a process dies, so the lock is an objec
 `gs://.../DIR/.lock`, that lives only while it is refreshed:
   - it is created only if absent (a generation precondition of 0: GCS's atomic create);
   - the run rewrites it every REFRESH_SECONDS, each time on condition that it is still the
-    generation it wrote last (so a run whose lock was taken over finds out, and says so);
+    generation it wrote last (a run whose lock was taken over finds out, and stops);
   - a lock not rewritten for STALE_SECONDS belongs to a dead run (a preempted VM), and so
     does one whose holder was a process of this host that has ended (a run killed here and
     started again here): the next run takes it over by rewriting it on condition of the
@@ -22,6 +22,7 @@ import fcntl
 import os
 import re
 import socket
+import sys
 import threading
 
 from absl import logging
@@ -31,6 +32,7 @@ from jaxtrain.errors import UserError
 
 REFRESH_SECONDS = 20.0
 STALE_SECONDS = 90.0  # A few missed refreshes, so a slow request never loses a live run's lock.
+LOST_LOCK_EXIT = 1
 
 
 def lock_for(workdir):
@@ -163,10 +165,14 @@ class ObjectLock:
         blob.upload_from_string(_holder(), if_generation_match=self._generation)
         self._generation = blob.generation
       except exceptions.PreconditionFailed:
-        logging.error("The lock of --workdir=%s was taken over by another run (this run's refreshes were more than "
-                      "%.0f s apart): two runs now write this directory; stop one of them.", self.workdir,
-                      STALE_SECONDS)
-        return
+        # Another run took the directory over (this one's refreshes failed for STALE_SECONDS)
+        # and resumed from its newest checkpoint. Anything more from this run, a save or the
+        # metrics written on the way out, would mix two runs: stop at once, writing nothing.
+        sys.stderr.write(f"error: the lock of --workdir={self.workdir} was taken over by another run (this run "
+                         f"could not refresh it for {STALE_SECONDS:.0f} s); stopping now without writing more: "
+                         f"the other run goes on from the newest checkpoint\n")
+        sys.stderr.flush()
+        os._exit(LOST_LOCK_EXIT)
       except Exception as e:  # pylint: disable=broad-except  (a network hiccup: the next refresh may pass)
         logging.warning("Refreshing the lock of --workdir=%s failed (%s); trying again in %.0f s.", self.workdir, e,
                         REFRESH_SECONDS)

@@ -123,6 +123,21 @@ def test_a_second_live_run_is_refused(bucket):
     kill(process)
 
 
+def test_a_run_whose_lock_was_taken_over_stops_at_its_next_refresh(bucket):
+  workdir = f"{bucket}/overtaken"
+  process = start(workdir, "--config.total_steps=1000000")
+  try:
+    wait_for_step(process, workdir, 20)
+    storage.write_text(f"{workdir}/.lock", "pid 1 on another-host")  # As a run that took over a stale lock.
+    _, stderr = process.communicate(timeout=workdir_lock.REFRESH_SECONDS + 60)
+  finally:
+    kill(process)
+  assert process.returncode == workdir_lock.LOST_LOCK_EXIT
+  assert stderr.strip().splitlines()[-1] == (
+      f"error: the lock of --workdir={workdir} was taken over by another run (this run could not refresh it for "
+      f"90 s); stopping now without writing more: the other run goes on from the newest checkpoint")
+
+
 def test_a_stale_lock_is_taken_over_and_a_fresh_one_is_not(bucket, monkeypatch):
   workdir = f"{bucket}/stale"
   monkeypatch.setattr(workdir_lock, "STALE_SECONDS", 1.0)
