@@ -214,7 +214,7 @@ class Checkpointer:
         target, n = os.path.join(self._aside, str(step)), 1
         while storage.exists(target):  # Set aside before, by an earlier run.
           target, n = os.path.join(self._aside, f"{step}.{n}"), n + 1
-        storage.move(os.path.join(self.directory, str(step)), target)
+        storage.move(os.path.join(self.directory, str(step)), target, marker="commit_success.txt")
     self._manager.reload()  # Forget the steps it listed.
 
   def close(self):

@@ -94,7 +94,7 @@ def newest_complete_step(directory):
     steps = [int(name) for name in storage.listdir(directory) if name.isdigit()]
     if storage.is_gcs(directory):  # Orbax writes a step in place there, and marks it complete last.
       steps = [step for step in steps if storage.isfile(f"{directory}/{step}/commit_success.txt")]
-  except OSError:
+  except Exception:  # pylint: disable=broad-except  (OSError; gcsfs's HttpError: this only names a step in messages)
     return None
   return max(steps, default=None)
 
@@ -117,8 +117,9 @@ def find_damage(path):
   can pass unnoticed: zarr chunks carry no checksum; Orbax then restores it too.)"""
   if not storage.isdir(path):
     return "its directory is gone"
-  storage_failed = _read_every_file(path)
-  if storage_failed:
+  # An object is whole or absent, and its reads fail for no reason a disk's do (EIO): the
+  # checks below read what they need.
+  if not storage.is_gcs(path) and _read_every_file(path):
     return None
   for item in ARRAY_ITEMS + ("data", "metadata"):
     if not storage.isdir(os.path.join(path, item)):

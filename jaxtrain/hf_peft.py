@@ -26,6 +26,9 @@ def export(workdir, fmt, out, step=None, dtype="float32"):
   """Writes run `workdir` (its newest checkpoint, or `step`) to `out` in format `fmt`."""
   if fmt not in FORMATS:
     raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+  if storage.is_gcs(out):
+    raise UserError(f"--out={out}: export writes a local directory; give a local path (then `gcloud storage cp -r` "
+                    f"it to the bucket)")
   if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
     raise UserError(f"--out={out} exists and is not empty; export to a new directory")
   if not storage.isdir(os.path.join(workdir, "checkpoints")):

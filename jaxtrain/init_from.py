@@ -249,7 +249,7 @@ def _kept_tokenizer(workdir):
   read local files), or None."""
   kept = next((os.path.join(workdir, name) for name in TOKENIZER_FILES
                if storage.isfile(os.path.join(workdir, name))), None)
-  return storage.local_copy(kept) if kept and storage.is_gcs(kept) else kept
+  return storage.local_copy(kept, beside=("tokenizer_config.json",)) if kept and storage.is_gcs(kept) else kept
 
 
 class _RunSource:

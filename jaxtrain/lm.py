@@ -178,5 +178,5 @@ def run_tokenizer(workdir, data_config):
     return text_lib.tokenizer_from_config(data_config)
   if not storage.is_gcs(workdir):
     return tokenizers.load(workdir)
-  names = kept[:1] + [name for name in ("tokenizer_config.json",) if storage.exists(os.path.join(workdir, name))]
-  return tokenizers.load(os.path.dirname([storage.local_copy(os.path.join(workdir, name)) for name in names][0]))
+  local = storage.local_copy(os.path.join(workdir, kept[0]), beside=("tokenizer_config.json",))  # Special tokens.
+  return tokenizers.load(os.path.dirname(local))

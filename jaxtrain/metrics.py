@@ -20,8 +20,8 @@ from jaxtrain import storage
 
 
 class Writer:
-  """Appends to the run's metrics. A run starting at `start_step` (0, or the step it
-  resumes from) first drops the rows after it; `start_step=None` only appends."""
+  """Appends to the run's metrics (on gs://, see _Lines). A run starting at `start_step` (0,
+  or the step it resumes from) first drops the rows after it; `start_step=None` only appends."""
 
   def __init__(self, workdir, start_step=0, trackers=(), config=None):
     self.enabled = jax.process_index() == 0
@@ -30,15 +30,14 @@ class Writer:
       return
     from tensorboardX import SummaryWriter, record_writer  # pylint: disable=import-outside-toplevel
     record_writer.register_writer_factory("gs", _EventObjects())
-    self._jsonl = _Lines(os.path.join(workdir, "metrics.jsonl"), start_step)
-    self._jsonl.write([])  # There from the start, rows or not.
+    self._jsonl = _Lines(os.path.join(workdir, "metrics.jsonl"), start_step, create=True)
     self._samples = _Lines(os.path.join(workdir, "samples.jsonl"), start_step)  # Made at the first text.
     # purge_step hides the events an interrupted run wrote after the checkpoint. An event
     # file is named by the second it starts and the host: the suffix keeps a start within
     # the same second (a resume, an evaluation) from overwriting the one before.
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30,
                              purge_step=None if start_step is None else start_step + 1,
-                             filename_suffix=f".{os.getpid()}.{start_step}")
+                             filename_suffix=f".{os.getpid()}.{'eval' if start_step is None else start_step}")
     for tracker in self._trackers:
       tracker.start(workdir, config, start_step)
 
@@ -65,6 +64,12 @@ class Writer:
     self._tb.add_text(f"{name}/samples", text, global_step=step)
     for tracker in self._trackers:
       tracker.write_texts(int(step), name, records)
+
+  def flush(self):
+    """Before a checkpoint: on gs://, the rows waiting are written (a saved step has them)."""
+    if self.enabled:
+      self._jsonl.flush()
+      self._samples.flush()
 
   def close(self):
     if self.enabled:
@@ -106,32 +111,43 @@ class _EventObject:
 
 
 class _Lines:
-  """A JSON-lines file that grows. On a disk, appended to (opened at the first write). On
-  gs://, where nothing appends, its lines are kept here and the object written again whole
-  at each write: one object per log interval, never half of one."""
+  """A JSON-lines file that grows. On a disk, appended to. On gs://, where nothing appends,
+  lines wait here and `flush` appends them as object storage allows (storage.append_text):
+  at most once a second (GCS's rate for writing one object), before each checkpoint (a
+  saved step has its rows) and at the end."""
 
-  def __init__(self, path, start_step):
-    self.path, self._file, self._lines = path, None, None
+  def __init__(self, path, start_step, create=False):
+    self.path, self._file, self._pending, self._flushed = path, None, [], 0.0
     if start_step is not None:
-      kept = _drop_rows_after(path, start_step)
-      self._lines = kept if storage.is_gcs(path) else None
-    if storage.is_gcs(path) and self._lines is None:
-      self._lines = _lines_of(storage.read_text(path)) if storage.exists(path) else []
+      _drop_rows_after(path, start_step)
+    if create and not storage.is_gcs(path):
+      self._open()
+    elif create and not storage.exists(path):
+      storage.write_text(path, "")
 
   def write(self, lines):
-    if self._lines is not None:
-      self._lines += lines
-      if lines or not storage.exists(self.path):
-        storage.write_text(self.path, "".join(self._lines))
+    if not storage.is_gcs(self.path):
+      self._open().writelines(lines)
+      self._file.flush()
       return
-    if self._file is None:
-      self._file = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
-    self._file.writelines(lines)
-    self._file.flush()
+    self._pending += lines
+    if time.monotonic() - self._flushed >= 1.0:
+      self.flush()
+
+  def flush(self):
+    if self._pending:
+      storage.append_text(self.path, "".join(self._pending))
+      self._pending, self._flushed = [], time.monotonic()
 
   def close(self):
+    self.flush()
     if self._file:
       self._file.close()
+
+  def _open(self):
+    if self._file is None:
+      self._file = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+    return self._file
 
 
 def _lines_of(text):
@@ -143,16 +159,14 @@ def _lines_of(text):
 
 
 def _drop_rows_after(path, step):
-  """Rewrites metrics.jsonl without rows past `step` (all or nothing: a crash loses
-  nothing). Returns the lines kept."""
+  """Rewrites metrics.jsonl without rows past `step` (all or nothing: a crash loses nothing)."""
   if not storage.exists(path):
-    return []
+    return
   lines = _lines_of(storage.read_text(path))
   whole = lines if not lines or lines[-1].endswith("\n") else lines[:-1]  # A crash may cut the last.
   kept = [line for line in whole if line.strip() and json.loads(line)["step"] <= step]
   if kept != lines:
     storage.write_text(path, "".join(kept))
-  return kept
 
 
 def _plain(value):

@@ -29,9 +29,10 @@ def is_gcs(path):
 
 
 def absolute(path):
-  """A local path made absolute (`~` expanded); a gs:// path as given, less a trailing '/'."""
+  """A local path made absolute (os.path.abspath: a literal '~' stays, as the shell left
+  it); a gs:// path as given, less a trailing '/'."""
   path = str(path)
-  return path.rstrip("/") if is_gcs(path) else os.path.abspath(os.path.expanduser(path))
+  return path.rstrip("/") if is_gcs(path) else os.path.abspath(path)
 
 
 def bucket_of(path):
@@ -49,6 +50,23 @@ def prepare_environment():
   emulator = os.environ.get("STORAGE_EMULATOR_HOST")
   if emulator:
     os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", emulator if "://" in emulator else f"http://{emulator}")
+
+
+prepare_environment()  # gcsfs reads its variable when it is imported, which may be before our first call.
+
+
+def client():
+  """google-cloud-storage's client, for what gcsfs cannot do: writes on a generation
+  condition (the lock, appends) and listing a bucket with object permissions alone."""
+  gcs()  # The one line when the libraries are missing.
+  return _client(os.environ.get("STORAGE_EMULATOR_HOST"))  # It keeps the endpoint it was made with.
+
+
+@functools.cache
+def _client(emulator):
+  del emulator  # The cache's key.
+  from google.cloud import storage as cloud_storage  # pylint: disable=import-outside-toplevel
+  return cloud_storage.Client()
 
 
 @functools.cache
@@ -103,7 +121,10 @@ def files_under(path):
 
 
 def open_file(path, mode="r"):
-  """Reading: `open`. Writing on gs://: the object appears whole when the file closes."""
+  """`open`, for a local path or a gs:// one; a gs:// file written appears whole when it
+  closes, and there is no appending to one (`append_text`)."""
+  if "a" in mode and is_gcs(path):
+    raise ValueError(f"{path}: objects cannot be appended to; use storage.append_text")
   if not is_gcs(path):
     return open(path, mode, encoding=None if "b" in mode else "utf-8")  # pylint: disable=consider-using-with
   return _fs(path).open(path, mode, encoding=None if "b" in mode else "utf-8")
@@ -137,15 +158,24 @@ def copy_in(local_file, path):
   os.replace(path + ".tmp", path)
 
 
-def local_copy(path):
+def local_copy(path, beside=()):
   """A local copy of the gs:// file `path`, for libraries that read only local files
   (SentencePiece, tokenizers): ~/.cache/jaxtrain/gs/BUCKET/PATH, fetched again each time.
-  The same place each time, so a config that names it stays the same on resume."""
+  The same place each time, so a config that names it stays the same on resume. The files
+  named in `beside` that are next to it come too (a tokenizer's tokenizer_config.json),
+  and their stale copies go."""
   root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
   local = os.path.join(root, "jaxtrain", "gs", *bucket_of(path))
   os.makedirs(os.path.dirname(local), exist_ok=True)
-  _fs(path).get_file(path, local + ".tmp")
-  os.replace(local + ".tmp", local)
+  for name in (os.path.basename(path), *beside):
+    source, target = os.path.join(os.path.dirname(path), name), os.path.join(os.path.dirname(local), name)
+    if name != os.path.basename(path) and not exists(source):
+      if os.path.exists(target):
+        os.remove(target)
+      continue
+    partial = f"{target}.{os.getpid()}.partial"  # Processes of one host may fetch it at once.
+    _fs(source).get_file(source, partial)
+    os.replace(partial, target)
   return local
 
 
@@ -160,8 +190,10 @@ def makedirs(path):
     os.makedirs(path, exist_ok=True)
 
 
-def move(source, target):
-  """A rename locally; on gs://, a copy of every object, then the source's deletion."""
+def move(source, target, marker=None):
+  """A rename locally; on gs://, a copy of every object, then the source's deletion, its
+  `marker` file first (Orbax's commit_success.txt: a move cut short then leaves an
+  incomplete step behind, which is passed over, never a complete-looking partial one)."""
   if not is_gcs(source):
     os.rename(source, target)
     return
@@ -169,7 +201,26 @@ def move(source, target):
   # Not fs.mv: it tries the moveTo API first, which only hierarchical buckets have, and
   # logs a traceback per object before falling back to this.
   fs.copy(source, target, recursive=True)
+  if marker and fs.exists(f"{source}/{marker}"):
+    fs.rm(f"{source}/{marker}")
   fs.rm(source, recursive=True)
+
+
+def append_text(path, text):
+  """Appends to a gs:// object as object storage allows: read it, write it back longer, on
+  condition that nobody wrote it in between (else again). Two writers of one file (a
+  run's training and an evaluation beside it) both keep their lines."""
+  from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+  bucket, key = bucket_of(path)
+  while True:
+    blob = client().bucket(bucket).get_blob(key)
+    before, generation = ("", 0) if blob is None else (blob.download_as_text(if_generation_match=blob.generation),
+                                                      blob.generation)
+    try:
+      client().bucket(bucket).blob(key).upload_from_string(before + text, if_generation_match=generation)
+      return
+    except (exceptions.PreconditionFailed, exceptions.NotFound):
+      continue  # Written (or deleted) in between: read it again.
 
 
 def check_bucket(workdir):
@@ -178,10 +229,13 @@ def check_bucket(workdir):
   bucket, _ = bucket_of(workdir)
   if not bucket:
     raise UserError(f"--workdir={workdir} names no bucket; give gs://BUCKET/PATH")
-  fs = _fs(workdir)
+  from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+  gcs()  # The one line when the libraries are missing.
   try:
-    fs.info(bucket)  # exists() would say False for every failure alike.
-  except FileNotFoundError:
+    # Listing needs only the object permissions a run needs anyway (roles/storage.objectAdmin
+    # has no storage.buckets.get); exists() would say False for every failure alike.
+    list(client().list_blobs(bucket, prefix=bucket_of(workdir)[1], max_results=1))
+  except exceptions.NotFound:
     raise UserError(f"--workdir={workdir}: bucket gs://{bucket} does not exist; create it "
                     f"(gcloud storage buckets create gs://{bucket}) or fix the name") from None
   except Exception as e:  # pylint: disable=broad-except  (gcsfs and google-auth raise many kinds)

@@ -203,6 +203,7 @@ def run(config, workdir):
 
   Returns the metrics of the last log and evaluation, keyed '<prefix>/<name>'.
   """
+  workdir = storage.absolute(workdir) if storage.is_gcs(workdir) else workdir  # One spelling of a bucket path.
   exp = build(config, workdir)
   config = exp.config  # With init_from.model resolved: config.json names the architecture trained.
   strategy, total_steps, steps_per_epoch = exp.strategy, exp.total_steps, exp.data.steps_per_epoch
@@ -281,6 +282,7 @@ def run(config, workdir):
           save = stopping.after_evaluations(step, written) or save  # A new best, or the stop: saved.
           # After the evaluations: a saved step always has its rows, so a resume never skips one.
           if save:
+            writer.flush()
             ckpt.save(step, state, train_iter, {"pending": pending, "metrics": {**last, **written},
                                                 "config": config.to_dict(),
                                                 "train_seconds": progress.train_seconds,

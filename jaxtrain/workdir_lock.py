@@ -33,6 +33,7 @@ from jaxtrain.errors import UserError
 REFRESH_SECONDS = 20.0
 STALE_SECONDS = 90.0  # A few missed refreshes, so a slow request never loses a live run's lock.
 LOST_LOCK_EXIT = 1
+REQUEST_TIMEOUT = 10.0  # Seconds per request: a refresh must not outwait STALE_SECONDS.
 
 
 def lock_for(workdir):
@@ -93,25 +94,20 @@ class ObjectLock:
   """The lock object of a gs:// work directory (see the module's docstring)."""
 
   def __init__(self, workdir):
-    self.workdir = workdir
-    self._bucket_name, key = storage.bucket_of(f"{workdir}/.lock")
-    self._key = key
+    self.workdir = storage.absolute(workdir)  # gs://b/p/ and gs://b/p: one directory, one lock.
+    self._bucket_name, self._key = storage.bucket_of(f"{self.workdir}/.lock")
     self._generation = None
     self._stop = threading.Event()
     self._thread = None
 
   def acquire(self):
     from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
-    blob = self._blob()
     try:
-      blob.upload_from_string(_holder(), if_generation_match=0)
+      self._generation = self._write(0)
     except exceptions.PreconditionFailed:
       self._take_over_if_stale()
     except Exception as e:  # pylint: disable=broad-except
-      raise UserError(f"--workdir={self.workdir}: cannot write the run's lock object: "
-                      f"{storage.access_problem(e)}") from None
-    else:
-      self._generation = blob.generation
+      raise self._cannot(e) from None
     self._thread = threading.Thread(target=self._refresh, name="jaxtrain-workdir-lock", daemon=True)
     self._thread.start()
     return self
@@ -123,47 +119,50 @@ class ObjectLock:
     self._thread.join()
     self._thread = None
     try:
-      self._blob().delete(if_generation_match=self._generation)
+      self._blob().delete(if_generation_match=self._generation, timeout=REQUEST_TIMEOUT)
     except Exception as e:  # pylint: disable=broad-except  (taken over, or the bucket is gone: not ours to delete)
       logging.warning("Could not delete the lock object %s/.lock: %s", self.workdir, e)
 
   def _blob(self):
-    from google.cloud import storage as gcs  # pylint: disable=import-outside-toplevel
-    storage.prepare_environment()
-    return gcs.Client().bucket(self._bucket_name).blob(self._key)
+    return storage.client().bucket(self._bucket_name).blob(self._key)
+
+  def _write(self, generation):
+    """Writes the lock on condition of `generation` (0: that there is none); its new generation."""
+    blob = self._blob()
+    blob.upload_from_string(_holder(), if_generation_match=generation, timeout=REQUEST_TIMEOUT)
+    return blob.generation
+
+  def _cannot(self, error):
+    return UserError(f"--workdir={self.workdir}: cannot write the run's lock object: {storage.access_problem(error)}")
 
   def _take_over_if_stale(self):
     from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
-    current = self._blob().bucket.get_blob(self._key)
-    if current is None:  # Released in between: try once more to create it.
-      blob = self._blob()
-      try:
-        blob.upload_from_string(_holder(), if_generation_match=0)
-      except exceptions.PreconditionFailed:
-        raise _in_use(self.workdir, "another run that started just now") from None
-      self._generation = blob.generation
-      return
-    holder = current.download_as_text(if_generation_match=current.generation) if current.size else ""
-    age = (datetime.datetime.now(datetime.timezone.utc) - current.updated).total_seconds()
-    if age < STALE_SECONDS and not _dead_here(holder):
-      raise _in_use(self.workdir, f"{holder or 'another process'}, lock refreshed {max(age, 0):.0f} s ago")
-    blob = self._blob()
     try:
-      blob.upload_from_string(_holder(), if_generation_match=current.generation)
-    except exceptions.PreconditionFailed:
-      raise _in_use(self.workdir, "another run that took over the same stale lock") from None
-    self._generation = blob.generation
-    why = "it is not running on this host" if _dead_here(holder) else f"not refreshed for {age:.0f} s"
+      current = self._blob().bucket.get_blob(self._key, timeout=REQUEST_TIMEOUT)
+      if current is None:  # Released in between: try once more to create it.
+        self._generation = self._write(0)
+        return
+      holder = current.download_as_text(if_generation_match=current.generation) if current.size else ""
+      age = (datetime.datetime.now(datetime.timezone.utc) - current.updated).total_seconds()
+      dead = _dead_here(holder)
+      if age < STALE_SECONDS and not dead:
+        raise _in_use(self.workdir, f"{holder or 'another process'}, lock refreshed {max(age, 0):.0f} s ago")
+      self._generation = self._write(current.generation)
+    except (exceptions.PreconditionFailed, exceptions.NotFound):  # Refreshed, or taken, as we looked.
+      raise _in_use(self.workdir, "another run that holds it or took it just now") from None
+    except UserError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._cannot(e) from None
+    why = "it is not running on this host" if dead else f"not refreshed for {age:.0f} s"
     logging.warning("Took over the lock of --workdir=%s from %s: %s, so that run is gone.", self.workdir,
                     holder or "an unnamed process", why)
 
   def _refresh(self):
     from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
     while not self._stop.wait(REFRESH_SECONDS):
-      blob = self._blob()
       try:
-        blob.upload_from_string(_holder(), if_generation_match=self._generation)
-        self._generation = blob.generation
+        self._generation = self._write(self._generation)
       except exceptions.PreconditionFailed:
         # Another run took the directory over (this one's refreshes failed for STALE_SECONDS)
         # and resumed from its newest checkpoint. Anything more from this run, a save or the

@@ -62,6 +62,21 @@ def test_metrics_on_a_bucket_are_rewritten_whole_and_a_resume_drops_later_rows(r
   assert len(storage.listdir(f"{workdir}/tensorboard")) == 2  # One event file per start.
 
 
+def test_an_evaluation_beside_a_live_run_on_a_bucket_loses_no_row(bucket):
+  """Two writers of one metrics.jsonl (the run, and --mode=eval, which takes no lock)."""
+  training, evaluation = metrics.Writer(f"{bucket}/beside"), metrics.Writer(f"{bucket}/beside", start_step=None)
+  training.write(10, {"train/loss": 1.0})
+  training.flush()
+  evaluation.write(10, {"val/loss": 2.0})  # Its first row goes out at once, then it waits a second.
+  training.write(20, {"train/loss": 0.5})
+  evaluation.write(20, {"val/loss": 1.5})  # Waits: the same writer wrote less than a second ago.
+  training.close()
+  evaluation.close()
+  rows = [json.loads(line) for line in storage.read_text(f"{bucket}/beside/metrics.jsonl").splitlines()]
+  assert sorted((r["step"], *r) for r in rows) == [(10, "step", "train/loss"), (10, "step", "val/loss"),
+                                                   (20, "step", "train/loss"), (20, "step", "val/loss")]
+
+
 def test_a_profile_trace_on_a_bucket(bucket, tfds_dir):
   c = tiny_config()
   c.profile = dict(start_step=5, num_steps=3)
