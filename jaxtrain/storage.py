@@ -58,7 +58,7 @@ prepare_environment()  # gcsfs reads its variable when it is imported, which may
 def client():
   """google-cloud-storage's client, for what gcsfs cannot do: writes on a generation
   condition (the lock, appends) and listing a bucket with object permissions alone."""
-  gcs()  # The one line when the libraries are missing.
+  _require()
   return _client(os.environ.get("STORAGE_EMULATOR_HOST"))  # It keeps the endpoint it was made with.
 
 
@@ -72,19 +72,21 @@ def _client(emulator):
 @functools.cache
 def gcs():
   """The gcsfs filesystem (one per process: it caches listings, which we invalidate)."""
-  prepare_environment()
-  try:
-    import gcsfs  # pylint: disable=import-outside-toplevel
-    # google-cloud-storage: Orbax deletes old checkpoints, tensorboardX writes events, and the lock is made with it.
-    if importlib.util.find_spec("google.cloud.storage") is None:
-      raise ImportError("google-cloud-storage")
-  except ImportError:
-    raise UserError(f"a gs:// work directory needs gcsfs and google-cloud-storage: {NEEDS}") from None
+  _require()
+  import gcsfs  # pylint: disable=import-outside-toplevel
   std_logging.getLogger("fsspec").setLevel(std_logging.WARNING)  # A line per file read at INFO.
   # Its read-ahead thread logs a traceback for each failed read (a file that vanished, as
   # Orbax's listing races a set-aside), then raises the same error to the reader anyway.
   std_logging.getLogger("fsspec.prefetcher").setLevel(std_logging.CRITICAL)
   return gcsfs.GCSFileSystem()
+
+
+def _require():
+  """One line when the libraries are missing. google-cloud-storage: the lock and appends,
+  Orbax's deletions of old checkpoints."""
+  prepare_environment()
+  if any(importlib.util.find_spec(name) is None for name in ("gcsfs", "google.cloud.storage")):
+    raise UserError(f"a gs:// work directory needs gcsfs and google-cloud-storage: {NEEDS}")
 
 
 def _fs(path):
@@ -229,8 +231,8 @@ def check_bucket(workdir):
   bucket, _ = bucket_of(workdir)
   if not bucket:
     raise UserError(f"--workdir={workdir} names no bucket; give gs://BUCKET/PATH")
+  _require()
   from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
-  gcs()  # The one line when the libraries are missing.
   try:
     # Listing needs only the object permissions a run needs anyway (roles/storage.objectAdmin
     # has no storage.buckets.get); exists() would say False for every failure alike.

@@ -4,10 +4,12 @@ write, a missing gcsfs, and what Cloud Storage's errors mean."""
 
 import json
 import os
+import subprocess
 import sys
 
 import pytest
 
+from conftest import ROOT
 from jaxtrain import metrics
 from jaxtrain import storage
 from jaxtrain import train
@@ -101,6 +103,22 @@ def test_a_bucket_it_may_not_write_is_one_line_and_nothing_is_written(bucket, tf
                                  f"403 POST ")
   assert str(e.value).endswith("; grant this account roles/storage.objectAdmin on the bucket")
   assert not storage.exists(workdir)
+
+
+def test_no_credentials_is_one_line_before_any_work(tmp_path):
+  """No emulator, and credentials that are not there: google-auth says so at once, with no
+  network needed (no bucket is reached)."""
+  env = {k: v for k, v in os.environ.items() if k not in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL")}
+  env["GOOGLE_APPLICATION_CREDENTIALS"] = str(tmp_path / "missing-key.json")
+  result = subprocess.run([sys.executable, "-m", "jaxtrain.launch", "--config=experiments/digits.py:mlp",
+                           "--workdir=gs://some-bucket/run"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert result.returncode == 2
+  line = result.stderr.strip().splitlines()[-1]
+  assert line.startswith("error: --workdir=gs://some-bucket/run: cannot reach bucket gs://some-bucket: no credentials "
+                         "(DefaultCredentialsError: File ") and "missing-key.json was not found" in line
+  assert line.endswith("; run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS "
+                       "(on a VM: give it a service account)")
 
 
 def test_what_cloud_storage_errors_mean():
