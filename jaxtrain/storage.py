@@ -4,7 +4,8 @@ Local paths go through `os`, as they always have. gs:// paths go through gcsfs, 
 Cloud Storage filesystem (the one etils.epath, and so Orbax, uses when TensorFlow is not
 installed); checkpoint arrays go through TensorStore, which Orbax drives. Object storage
 differs from a disk in three ways that shape the callers:
-  - nothing appends: a file that grows (metrics.jsonl) is written again whole;
+  - nothing appends: a file that grows (metrics.jsonl) is read and written back longer,
+    on condition that nobody wrote it in between (`append_text`);
   - one object is written whole or not at all, and readers never see half of it: no
     temporary file and rename is needed;
   - nothing renames: a move is a copy and a delete (only damaged checkpoints are moved).
@@ -228,7 +229,7 @@ def append_text(path, text):
 def check_bucket(workdir):
   """One line, before anything is written, when the bucket of a gs:// `workdir` cannot be
   used: it does not exist, or there are no credentials, or no permission to read it."""
-  bucket, _ = bucket_of(workdir)
+  bucket, key = bucket_of(workdir)
   if not bucket:
     raise UserError(f"--workdir={workdir} names no bucket; give gs://BUCKET/PATH")
   _require()
@@ -236,7 +237,7 @@ def check_bucket(workdir):
   try:
     # Listing needs only the object permissions a run needs anyway (roles/storage.objectAdmin
     # has no storage.buckets.get); exists() would say False for every failure alike.
-    list(client().list_blobs(bucket, prefix=bucket_of(workdir)[1], max_results=1))
+    list(client().list_blobs(bucket, prefix=key, max_results=1))
   except exceptions.NotFound:
     raise UserError(f"--workdir={workdir}: bucket gs://{bucket} does not exist; create it "
                     f"(gcloud storage buckets create gs://{bucket}) or fix the name") from None

@@ -400,7 +400,8 @@ def _must_fit(what, build):
 
 def _check_workdir(workdir):
   if storage.is_gcs(workdir):
-    return storage.check_bucket(workdir)
+    storage.check_bucket(workdir)
+    return
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"--workdir={workdir} is a file, not a directory; pick another path")
   try:
