@@ -25,16 +25,11 @@ from jaxtrain import storage
 from jaxtrain import train
 from jaxtrain import workdir_lock
 from jaxtrain.errors import UserError
-from test_interruptions import ARGS, TOTAL, assert_same_run, finish, rows, wait_for_step
+from test_interruptions import ARGS, TOTAL, assert_same_run, finish, preempt, rows, start, wait_for_step
 from test_multihost import assert_close_runs, finish_two
 
 pytestmark = pytest.mark.slow
 reference = test_interruptions.reference  # The fixture: the uninterrupted run, on local disk.
-
-
-def start(workdir, *more):
-  return subprocess.Popen([sys.executable, "-m", "jaxtrain.launch", f"--workdir={workdir}", *ARGS, *more],
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def kill(process):
@@ -73,14 +68,7 @@ def test_killed_twice_on_gcs_ends_as_the_uninterrupted_local_run(bucket, referen
 
 def test_sigterm_on_gcs_saves_and_the_same_command_resumes(bucket, reference):
   workdir = f"{bucket}/preempted"
-  process = start(workdir)
-  wait_for_step(process, workdir, 110)
-  process.send_signal(signal.SIGTERM)
-  _, stderr = process.communicate(timeout=120)
-  assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-  [message] = [line for line in stderr.splitlines() if "preempted (SIGTERM)" in line]
-  step = int(message.split("at step ")[1].split(";")[0])
-  assert step >= 110 and checkpoints(workdir)[-1] == step
+  preempt(workdir)
   assert not storage.exists(f"{workdir}/.lock")  # A clean exit releases it.
   finish(workdir)
   assert_same_run(workdir, reference)

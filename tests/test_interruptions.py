@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, read_checkpoint
+from jaxtrain import checkpoint_faults
 from jaxtrain import storage
 
 DIGITS = os.path.join(ROOT, "experiments", "digits.py")
@@ -95,17 +96,24 @@ def test_killed_at_several_points_then_resumed_ends_as_if_never_stopped(referenc
   assert_same_run(workdir, reference)
 
 
-def test_sigterm_saves_at_the_next_step_and_the_same_command_resumes(reference, tmp_path):
-  workdir = str(tmp_path / "run")
+def preempt(workdir, after_step=110):
+  """SIGTERM to a run once it logged `after_step`: it saves at the next step and exits as
+  the signal would. The step it saved, the newest checkpoint (on disk, or gs://)."""
   process = start(workdir)
-  wait_for_step(process, workdir, 110)
+  wait_for_step(process, workdir, after_step)
   process.send_signal(signal.SIGTERM)
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
   [message] = [line for line in stderr.splitlines() if "preempted (SIGTERM)" in line]
   step = int(message.split("at step ")[1].split(";")[0])
-  assert step >= 110
-  assert max(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints"))) == step
+  assert step >= after_step
+  assert checkpoint_faults.newest_complete_step(os.path.join(workdir, "checkpoints")) == step
+  return step
+
+
+def test_sigterm_saves_at_the_next_step_and_the_same_command_resumes(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  preempt(workdir)
   finish(workdir)
   assert_same_run(workdir, reference)
 
