@@ -23,6 +23,7 @@ from jaxtrain.errors import UserError
 
 def run(config, workdir, step=None):
   """Returns {'<evaluator>/<metric>': value} for checkpoint `step` (default: the newest)."""
+  workdir = storage.one_spelling(workdir)
   cfg = config_lib.Reader(init_from_lib.resolve_model(config, workdir))
   strategy, _ = train.build_strategy(cfg)
   seed = cfg.get("seed", 0, minimum=0)

@@ -36,6 +36,12 @@ def absolute(path):
   return path.rstrip("/") if is_gcs(path) else os.path.abspath(path)
 
 
+def one_spelling(workdir):
+  """A gs:// work directory less a trailing '/' (gs://b/p/ and gs://b/p are one directory,
+  but would name different objects); a local one as given."""
+  return absolute(workdir) if is_gcs(workdir) else workdir
+
+
 def bucket_of(path):
   """('BUCKET', 'PATH') of 'gs://BUCKET/PATH'."""
   bucket, _, key = path[len(PREFIX):].partition("/")

@@ -203,7 +203,7 @@ def run(config, workdir):
 
   Returns the metrics of the last log and evaluation, keyed '<prefix>/<name>'.
   """
-  workdir = storage.absolute(workdir) if storage.is_gcs(workdir) else workdir  # One spelling of a bucket path.
+  workdir = storage.one_spelling(workdir)
   exp = build(config, workdir)
   config = exp.config  # With init_from.model resolved: config.json names the architecture trained.
   strategy, total_steps, steps_per_epoch = exp.strategy, exp.total_steps, exp.data.steps_per_epoch
