@@ -17,9 +17,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxtrain import checkpoint
+from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain.errors import UserError, exit_with
-from jaxtrain.hf_peft import export
+from jaxtrain.lm.hf_peft import export
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The jaxtrain work directory (a language model run) to export.")
 _FORMAT = flags.DEFINE_string("format", "hf", "hf: a merged LlamaForCausalLM directory; peft: a LoRA adapter.")

@@ -19,8 +19,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxtrain import checkpoint
-from jaxtrain import lm as lm_lib
+from jaxtrain.checkpoints import checkpointer as checkpoint
+from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.errors import UserError, exit_with
 
 _MODEL = flags.DEFINE_string("model", None, "A jaxtrain work directory or a Hugging Face Llama directory.")

@@ -25,17 +25,17 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from jaxtrain import checkpoint
+from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain import config as config_lib
-from jaxtrain import dry_run
-from jaxtrain import evaluate
-from jaxtrain import lr_find
-from jaxtrain import parallel
-from jaxtrain import peers
-from jaxtrain import storage
+from jaxtrain.modes import dry_run
+from jaxtrain.modes import evaluate
+from jaxtrain.modes import lr_find
+from jaxtrain.training import parallel
+from jaxtrain.rundir import peers
+from jaxtrain.rundir import storage
 from jaxtrain import train
 from jaxtrain.errors import UserError, exit_with
-from jaxtrain.preemption import Preempted
+from jaxtrain.rundir.preemption import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file: path/to/experiment.py, or path.py:arg.", lock_config=True)

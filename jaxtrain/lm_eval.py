@@ -23,8 +23,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxtrain import checkpoint
-from jaxtrain import lm as lm_lib
+from jaxtrain.checkpoints import checkpointer as checkpoint
+from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.errors import UserError, exit_with
 from jaxtrain.evals import harness as harness_lib
 from jaxtrain.evals import lm_tasks

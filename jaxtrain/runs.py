@@ -26,7 +26,7 @@ import os
 import sys
 from typing import NamedTuple
 
-from jaxtrain import storage
+from jaxtrain.rundir import storage
 from jaxtrain.errors import UserError, did_you_mean, exit_with
 
 X_AXES = ("step", "epoch", "examples")

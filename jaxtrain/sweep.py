@@ -31,7 +31,7 @@ import time
 
 from jaxtrain import plot as plot_lib
 from jaxtrain import runs as runs_lib
-from jaxtrain import storage
+from jaxtrain.rundir import storage
 from jaxtrain.errors import UserError, did_you_mean, exit_with, first_line
 
 

@@ -16,26 +16,26 @@ from absl import logging
 import jax
 import numpy as np
 
-from jaxtrain import accelerators
-from jaxtrain import checkpoint
+from jaxtrain.training import accelerators
+from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain import config as config_lib
 from jaxtrain import data
-from jaxtrain import early_stopping
+from jaxtrain.training import early_stopping
 from jaxtrain import evals
-from jaxtrain import init_from as init_from_lib
-from jaxtrain import lora as lora_lib
-from jaxtrain import metrics as metrics_lib
+from jaxtrain.training import init_from as init_from_lib
+from jaxtrain.models import lora as lora_lib
+from jaxtrain.rundir import metrics as metrics_lib
 from jaxtrain import models
-from jaxtrain import optim
-from jaxtrain import parallel
-from jaxtrain import profiling
+from jaxtrain.training import optim
+from jaxtrain.training import parallel
+from jaxtrain.training import profiling
 from jaxtrain import step as step_lib
-from jaxtrain import storage
+from jaxtrain.rundir import storage
 from jaxtrain import tasks
-from jaxtrain import trackers as trackers_lib
+from jaxtrain.rundir import trackers as trackers_lib
 from jaxtrain.errors import UserError, did_you_mean, first_line
-from jaxtrain.preemption import Preempted, PreemptionWatch
-from jaxtrain.workdir_lock import lock_for
+from jaxtrain.rundir.preemption import Preempted, PreemptionWatch
+from jaxtrain.rundir.lock import lock_for
 
 
 @dataclasses.dataclass(frozen=True)

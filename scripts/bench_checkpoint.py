@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 import orbax.checkpoint as ocp
 
-from jaxtrain import checkpoint
+from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain import step as step_lib
 
 

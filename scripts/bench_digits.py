@@ -285,7 +285,9 @@ def digits_jax(variant):
     jax.config.update("jax_default_prng_impl", variant["prng"])
   if "precision" in variant:
     jax.config.update("jax_default_matmul_precision", variant["precision"])
-  from jaxtrain import config as config_lib, models, train  # pylint: disable=import-outside-toplevel
+  from jaxtrain import config as config_lib  # pylint: disable=import-outside-toplevel
+  from jaxtrain import models
+  from jaxtrain import train
   if "model" in variant:
     models.MODELS.register("bench_digits_cnn")(make_digits_cnn())
   exp = train.build(digits_config(variant))
@@ -353,7 +355,8 @@ def digits_torch(variant):
   """The digits CNN in PyTorch (eager or torch.compile) on the same batches."""
   torch = torch_or_skip(transformers=False)
   from torch import nn  # pylint: disable=import-outside-toplevel
-  from jaxtrain import config as config_lib, data  # pylint: disable=import-outside-toplevel
+  from jaxtrain import config as config_lib  # pylint: disable=import-outside-toplevel
+  from jaxtrain import data
   cfg = config_lib.Reader(digits_config({}))
   ds = data.pipeline.train_dataset(data.open_from_config(cfg.input.data), preprocess=data.ops.parse(cfg.input.pp),
                                    global_batch_size=cfg.input.batch_size, seed=0)

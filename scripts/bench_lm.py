@@ -9,7 +9,7 @@ tables give medians, and each ratio is the median of the ratios within a round):
      torch.compile'd;
   2. MFU: llama.flops_per_token x tokens/s over this machine's float32 matmul peak (the
      faster of a jitted jnp.dot and torch.mm of 2048 x 2048 matrices, best of 10);
-  3. sampling new tokens/s with jaxtrain.sampling.Sampler (KV cache) against a compiled
+  3. sampling new tokens/s with jaxtrain.lm.sampling.Sampler (KV cache) against a compiled
      greedy loop that recomputes the whole forward at every token, and whether their
      greedy tokens agree.
 The digits CNN's benchmark is scripts/bench_digits.py; what the two share (a process per
@@ -148,7 +148,10 @@ def jaxtrain_lm(model, batch):
   """jaxtrain's own step, built from its parts as train.build does: () -> one step."""
   import jax  # pylint: disable=import-outside-toplevel
   import ml_collections  # pylint: disable=import-outside-toplevel
-  from jaxtrain import config as config_lib, optim, step as step_lib, tasks  # pylint: disable=import-outside-toplevel
+  from jaxtrain import config as config_lib  # pylint: disable=import-outside-toplevel
+  from jaxtrain.training import optim
+  from jaxtrain import step as step_lib
+  from jaxtrain import tasks
   cfg = config_lib.Reader(ml_collections.ConfigDict(dict(
       task=dict(name="next_token"), loss=dict(name="softmax_xent"),
       optimizer=dict(name="adamw", lr=LR, b1=B1, b2=B2, weight_decay=WEIGHT_DECAY),
@@ -312,7 +315,7 @@ def bench_sampling(args):
   """Part 3: new tokens/s with and without a KV cache, and whether the two agree."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from jaxtrain.sampling import Sampler  # pylint: disable=import-outside-toplevel
+  from jaxtrain.lm.sampling import Sampler  # pylint: disable=import-outside-toplevel
   model = llama(args.sample_size, args.vocab_size)
   prompts = np.random.default_rng(1).integers(1, args.vocab_size, (args.sample_batch, args.prompt_len)).astype(np.int32)
   variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), prompts[:1], train=False))()

@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 
-from jaxtrain import lm as lm_lib
+from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.evals import harness as harness_lib
 from jaxtrain.evals import lm_tasks
 

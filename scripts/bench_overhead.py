@@ -28,7 +28,7 @@ from jaxtrain import config as config_lib
 from jaxtrain import data
 from jaxtrain import losses
 from jaxtrain import models
-from jaxtrain import optim
+from jaxtrain.training import optim
 from jaxtrain import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

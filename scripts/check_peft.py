@@ -41,7 +41,7 @@ MODULES = ("textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "hea
 def lora_config(corpus, hf, steps=20):
   """tests/tiny_lm.py fine-tuning `hf` with LoRA (rank 4, alpha 8)."""
   import importlib.util  # pylint: disable=import-outside-toplevel
-  from jaxtrain import hf_llama  # pylint: disable=import-outside-toplevel
+  from jaxtrain.lm import hf_llama  # pylint: disable=import-outside-toplevel
   spec = importlib.util.spec_from_file_location("tiny_lm", os.path.join(ROOT, "tests", "tiny_lm.py"))
   tiny_lm = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(tiny_lm)
@@ -77,7 +77,9 @@ def main():
   with tempfile.TemporaryDirectory() as work:
     os.environ["TFDS_DATA_DIR"] = os.path.join(work, "data")  # The tokenizer and token caches.
     import hf_dirs  # pylint: disable=import-outside-toplevel
-    from jaxtrain import hf_peft, lm, train  # pylint: disable=import-outside-toplevel
+    from jaxtrain.lm import hf_peft  # pylint: disable=import-outside-toplevel
+    from jaxtrain.lm import language_model as lm
+    from jaxtrain import train
     corpus = os.path.join(work, "corpus")
     os.makedirs(corpus)
     for name in MODULES:

@@ -92,7 +92,8 @@ class Built:
   """The experiment's data, model and evaluators, built as `--mode=eval` builds them."""
 
   def __init__(self, arg):
-    from jaxtrain import config as config_lib, train  # pylint: disable=import-outside-toplevel
+    from jaxtrain import config as config_lib  # pylint: disable=import-outside-toplevel
+    from jaxtrain import train
     spec = importlib.util.spec_from_file_location("digits_transfer", EXPERIMENT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -111,7 +112,7 @@ class Built:
     return self.strategy.init(init, self.abstract)
 
   def saved_variables(self, workdir):
-    from jaxtrain import checkpoint  # pylint: disable=import-outside-toplevel
+    from jaxtrain.checkpoints import checkpointer as checkpoint  # pylint: disable=import-outside-toplevel
     ckpt = checkpoint.Checkpointer(workdir, read_only=True)
     try:
       return ckpt.restore_variables(ckpt.all_steps()[-1], self.abstract)
@@ -126,7 +127,7 @@ class Built:
 def _l2_sweep(built, workdir, num_seeds):
   """Mean test accuracy over `num_seeds` seeds for l2_reg = 2^-2 ... 2^10, per representation."""
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from jaxtrain.evals import fewshot  # pylint: disable=import-outside-toplevel
+  from jaxtrain.evals import linear_probes as fewshot  # pylint: disable=import-outside-toplevel
   fresh, saved = built.fresh_variables(), built.saved_variables(workdir)
   features = {"pre-trained, conv features": built.evaluators["fewshot_conv"].features(saved),
               "random init, conv features": built.evaluators["fewshot_conv"].features(fresh),

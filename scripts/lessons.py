@@ -165,7 +165,8 @@ def tokenizer_path(run, data):
     if os.path.exists(os.path.join(run, name)):
       return os.path.abspath(os.path.join(run, name))
   import ml_collections  # pylint: disable=import-outside-toplevel
-  from jaxtrain import config as config_lib, lm  # pylint: disable=import-outside-toplevel
+  from jaxtrain import config as config_lib  # pylint: disable=import-outside-toplevel
+  from jaxtrain.lm import language_model as lm
   return lm.run_tokenizer(run, config_lib.Reader(ml_collections.ConfigDict(data))).path
 
 

@@ -22,10 +22,10 @@ import pytest
 
 from conftest import ROOT
 from test_train import tiny_config
-from jaxtrain import checkpoint
-from jaxtrain import checkpoint_faults
+from jaxtrain.checkpoints import checkpointer as checkpoint
+from jaxtrain.checkpoints import faults as checkpoint_faults
 from jaxtrain import launch
-from jaxtrain import storage
+from jaxtrain.rundir import storage
 from jaxtrain import train
 from jaxtrain.errors import UserError
 

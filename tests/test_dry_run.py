@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtrain import dry_run
+from jaxtrain.modes import dry_run
 from jaxtrain import models
 from jaxtrain import train
 from jaxtrain.config import Reader

@@ -17,9 +17,9 @@ import pytest
 
 from conftest import read_checkpoint
 from jaxtrain import config as config_lib
-from jaxtrain import early_stopping
+from jaxtrain.training import early_stopping
 from jaxtrain import evals
-from jaxtrain import evaluate
+from jaxtrain.modes import evaluate
 from jaxtrain import train
 from jaxtrain.errors import UserError
 from test_train import drop_timing, read_rows, tiny_config

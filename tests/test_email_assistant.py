@@ -17,9 +17,9 @@ import pytest
 
 from conftest import ROOT, load_experiment
 import hf_dirs
-from jaxtrain import hf_llama
-from jaxtrain import init_from
-from jaxtrain import lm as lm_lib
+from jaxtrain.lm import hf_llama
+from jaxtrain.training import init_from
+from jaxtrain.lm import language_model as lm_lib
 from jaxtrain import train
 from jaxtrain.data import documents
 from jaxtrain.errors import UserError

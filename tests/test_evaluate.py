@@ -2,7 +2,7 @@
 
 import pytest
 
-from jaxtrain import evaluate
+from jaxtrain.modes import evaluate
 from jaxtrain import train
 from jaxtrain.errors import UserError
 from test_train import read_rows, tiny_config

@@ -12,11 +12,11 @@ import pytest
 
 from jaxtrain import config as config_lib
 from jaxtrain import data
-from jaxtrain import evaluate
+from jaxtrain.modes import evaluate
 from jaxtrain import step
 from jaxtrain import train
 from jaxtrain.errors import UserError
-from jaxtrain.evals import fewshot
+from jaxtrain.evals import linear_probes as fewshot
 from test_train import read_rows, tiny_config
 
 PP = "value_range(-1, 1)|keep('image', 'label')"

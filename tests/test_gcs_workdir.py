@@ -17,13 +17,13 @@ import pytest
 
 import test_interruptions
 from conftest import ROOT, read_checkpoint, tiny_lm
-from jaxtrain import evaluate
-from jaxtrain import hf_peft
-from jaxtrain import lm as lm_lib
+from jaxtrain.modes import evaluate
+from jaxtrain.lm import hf_peft
+from jaxtrain.lm import language_model as lm_lib
 from jaxtrain import runs
-from jaxtrain import storage
+from jaxtrain.rundir import storage
 from jaxtrain import train
-from jaxtrain import workdir_lock
+from jaxtrain.rundir import lock as workdir_lock
 from jaxtrain.errors import UserError
 from test_interruptions import ARGS, TOTAL, assert_same_run, finish, preempt, rows, start, wait_for_step
 from test_multihost import assert_close_runs, finish_two

@@ -13,8 +13,8 @@ import pytest
 
 import hf_dirs
 from conftest import ROOT, tiny_lm
-from jaxtrain import lm as lm_lib
-from jaxtrain import metrics as metrics_lib
+from jaxtrain.lm import language_model as lm_lib
+from jaxtrain.rundir import metrics as metrics_lib
 from jaxtrain import train
 from jaxtrain.config import duration
 from jaxtrain.data import tokenizers

@@ -15,8 +15,8 @@ import pytest
 
 import hf_dirs
 from conftest import ROOT
-from jaxtrain import hf_llama
-from jaxtrain import lm as lm_lib
+from jaxtrain.lm import hf_llama
+from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.data import tokenizers
 from jaxtrain.errors import UserError
 
@@ -104,7 +104,8 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 sys.path.insert(0, {tests!r})
 import jax, numpy as np
 import hf_dirs
-from jaxtrain import hf_llama, lm as lm_lib
+from jaxtrain.lm import hf_llama
+from jaxtrain.lm import language_model as lm_lib
 reads = []
 read = hf_llama._Files.read
 def counting_read(self, name, index, transposed):

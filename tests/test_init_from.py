@@ -12,8 +12,8 @@ import pytest
 
 import hf_dirs
 from conftest import read_checkpoint, tiny_lm
-from jaxtrain import hf_llama
-from jaxtrain import lm as lm_lib
+from jaxtrain.lm import hf_llama
+from jaxtrain.lm import language_model as lm_lib
 from jaxtrain import train
 from jaxtrain.errors import UserError
 from test_train import read_rows, tiny_config

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, read_checkpoint
-from jaxtrain import checkpoint_faults
-from jaxtrain import storage
+from jaxtrain.checkpoints import faults as checkpoint_faults
+from jaxtrain.rundir import storage
 
 DIGITS = os.path.join(ROOT, "experiments", "digits.py")
 TOTAL = 300

@@ -13,7 +13,9 @@ import optax
 import pytest
 
 from conftest import tiny_lm
-from jaxtrain import lm, models, train
+from jaxtrain.lm import language_model as lm
+from jaxtrain import models
+from jaxtrain import train
 from jaxtrain.config import Reader
 from jaxtrain.errors import UserError
 from jaxtrain.models.llama import Llama, attention, flops_per_token, sharding_rules

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, read_checkpoint, tiny_lm
-from jaxtrain import data, train
+from jaxtrain import data
+from jaxtrain import train
 from jaxtrain.config import Reader
 
 TINY_LM = os.path.join(ROOT, "tests", "tiny_lm.py")

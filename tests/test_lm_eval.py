@@ -16,7 +16,7 @@ import pytest
 
 import hf_dirs
 from conftest import ROOT, tiny_lm
-from jaxtrain import lm as lm_lib
+from jaxtrain.lm import language_model as lm_lib
 from jaxtrain import train
 from jaxtrain.config import duration
 from jaxtrain.errors import UserError

@@ -12,7 +12,7 @@ import pytest
 
 import hf_dirs
 from conftest import ROOT
-from jaxtrain import lm as lm_lib
+from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.evals import harness as harness_lib
 from jaxtrain.evals import lm_tasks
 

@@ -17,10 +17,10 @@ import pytest
 
 import hf_dirs
 from conftest import ROOT, read_checkpoint, tiny_lm
-from jaxtrain import hf_peft as export_lib
-from jaxtrain import hf_llama
-from jaxtrain import lm as lm_lib
-from jaxtrain import lora
+from jaxtrain.lm import hf_peft as export_lib
+from jaxtrain.lm import hf_llama
+from jaxtrain.lm import language_model as lm_lib
+from jaxtrain.models import lora
 from jaxtrain import models
 from jaxtrain.config import Reader
 from jaxtrain import train
@@ -268,6 +268,6 @@ def test_lora_starts_from_a_jaxtrain_run_and_evaluates(tfds_dir, corpus, hf, run
       np.testing.assert_array_equal(value, saved[name], err_msg=name)
   assert "params/layers_0/self_attn/q_proj/lora_A" in exp.init_from.reads  # Same name: read, not fresh.
   assert "params/layers_0/self_attn/v_proj/lora_A" in exp.init_from.unused
-  from jaxtrain import evaluate  # pylint: disable=import-outside-toplevel
+  from jaxtrain.modes import evaluate  # pylint: disable=import-outside-toplevel
   results = evaluate.run(lora_config(corpus, hf), run)
   assert np.isfinite(results["val/loss"])

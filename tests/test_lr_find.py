@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from jaxtrain import lr_find
+from jaxtrain.modes import lr_find
 from jaxtrain import train
 from jaxtrain.errors import UserError
 from test_train import tiny_config

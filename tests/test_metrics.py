@@ -5,7 +5,7 @@ import json
 
 from absl import logging
 
-from jaxtrain import metrics
+from jaxtrain.rundir import metrics
 
 
 def rows(path):

@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxtrain import losses, models
+from jaxtrain import losses
+from jaxtrain import models
 from jaxtrain.models.cnn import CNN
 from jaxtrain.config import Reader
 from jaxtrain.errors import UserError

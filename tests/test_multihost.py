@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, read_checkpoint
-from jaxtrain import checkpoint
-from jaxtrain import peers
+from jaxtrain.checkpoints import checkpointer as checkpoint
+from jaxtrain.rundir import peers
 from test_interruptions import ARGS, TOTAL, assert_same_run, rows, wait_for_step
 
 pytestmark = pytest.mark.slow

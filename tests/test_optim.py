@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxtrain import optim
+from jaxtrain.training import optim
 from jaxtrain.config import Reader
 from jaxtrain.errors import UserError
 

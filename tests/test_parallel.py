@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import read_checkpoint
-from jaxtrain import parallel
+from jaxtrain.training import parallel
 from jaxtrain import train
 from jaxtrain.config import Reader
 from jaxtrain.errors import UserError

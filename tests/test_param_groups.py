@@ -16,7 +16,11 @@ import numpy as np
 import pytest
 
 from conftest import read_checkpoint
-from jaxtrain import models, optim, paths, tasks, train
+from jaxtrain import models
+from jaxtrain.training import optim
+from jaxtrain import paths
+from jaxtrain import tasks
+from jaxtrain import train
 from jaxtrain import step as step_lib
 from jaxtrain.config import Reader
 from jaxtrain.errors import UserError

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtrain import sampling
+from jaxtrain.lm import sampling
 from jaxtrain.errors import UserError
 from jaxtrain.models.llama import Llama
 

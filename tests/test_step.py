@@ -8,7 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from jaxtrain import models, optim, parallel, tasks
+from jaxtrain import models
+from jaxtrain.training import optim
+from jaxtrain.training import parallel
+from jaxtrain import tasks
 from jaxtrain import step as step_lib
 from jaxtrain.config import Reader
 from jaxtrain.errors import UserError

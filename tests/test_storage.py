@@ -1,4 +1,4 @@
-"""jaxtrain.storage on a local directory and on a bucket of the emulator alike; what a
+"""jaxtrain.rundir.storage on a local directory and on a bucket of the emulator alike; what a
 gs:// run writes (metrics, profile traces) and its one-line refusals: a bucket it may not
 write, a missing gcsfs, and what Cloud Storage's errors mean."""
 
@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import ROOT
-from jaxtrain import metrics
-from jaxtrain import storage
+from jaxtrain.rundir import metrics
+from jaxtrain.rundir import storage
 from jaxtrain import train
 from jaxtrain.errors import UserError
 from test_train import tiny_config

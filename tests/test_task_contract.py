@@ -41,7 +41,8 @@ EXPERIMENT = textwrap.dedent('''
       metric_names = ("accuracy",)
 
       def __init__(self, config, context):
-        from jaxtrain import data, step
+        from jaxtrain import data
+        from jaxtrain import step
         self.strategy = context.strategy
         batches = lambda split: data.pipeline.eval_batches(
             data.open_source("digits", split, cache=True), preprocess=data.ops.parse(PP), global_batch_size=64)

@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxtrain import losses, tasks
+from jaxtrain import losses
+from jaxtrain import tasks
 from jaxtrain import step as step_lib
 from jaxtrain.config import Reader
 from jaxtrain.errors import UserError

@@ -99,4 +99,4 @@ def build_all(evals_config, context, durations):
   return scheduled
 
 
-from jaxtrain.evals import fewshot, kshot, samples, task_metrics  # pylint: disable=wrong-import-position,unused-import
+from jaxtrain.evals import kshot_prompts, linear_probes, samples, task_metrics  # pylint: disable=wrong-import-position,unused-import

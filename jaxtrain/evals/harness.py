@@ -16,7 +16,7 @@ import time
 
 from absl import logging
 
-from jaxtrain import sampling
+from jaxtrain.lm import sampling
 from jaxtrain.errors import UserError
 from jaxtrain.evals import lm_tasks
 from jaxtrain.evals.loglikelihood import Scorer, encode_pairs

@@ -11,7 +11,7 @@ The completions go to the run's samples.jsonl ({"step", "evaluator", "prompt",
 numbers: mean_new_chars, the completions' mean length in characters.
 """
 
-from jaxtrain import sampling
+from jaxtrain.lm import sampling
 from jaxtrain.errors import UserError
 from jaxtrain.evals import EVALUATORS
 

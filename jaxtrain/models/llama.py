@@ -19,7 +19,7 @@ converted checkpoints are permuted for it, Meta's original ones are not. `rope_s
 takes HF's "llama3" (Llama 3.1+) and "linear" frequencies. Not implemented: attention/MLP
 biases.
 
-Decoding with a KV cache (`jaxtrain.sampling`): pass `cache` (from `init_cache`), the slot
+Decoding with a KV cache (`jaxtrain.lm.sampling`): pass `cache` (from `init_cache`), the slot
 `cache_index` where `tokens` go, and `key_valid` [B, S] (False on left padding); the model
 writes the new keys and values there, attends to every valid slot up to its own, and returns
 the updated cache as `out['cache']`.

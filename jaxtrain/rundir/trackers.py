@@ -21,7 +21,7 @@ checkpoint are written again from the same steps: trackers that require increasi
 import os
 import uuid
 
-from jaxtrain import storage
+from jaxtrain.rundir import storage
 from jaxtrain.errors import UserError
 from jaxtrain.registry import Registry
 

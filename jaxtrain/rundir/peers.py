@@ -53,7 +53,7 @@ import time
 import jax
 from absl import logging
 
-from jaxtrain import storage
+from jaxtrain.rundir import storage
 
 # Exit status of a process that stopped because a peer was lost: EX_TEMPFAIL ("temporary
 # failure; retrying may succeed"), which is what running all processes again does.
@@ -111,7 +111,7 @@ def exit_lost(evidence, workdir=None):
 
 
 def message(evidence, num_processes, workdir):
-  from jaxtrain import checkpoint  # pylint: disable=import-outside-toplevel  (checkpoint imports us)
+  from jaxtrain.checkpoints import checkpointer as checkpoint  # pylint: disable=import-outside-toplevel  (checkpoint imports us)
   where = os.path.join(storage.absolute(workdir), "checkpoints") if workdir else None
   newest = checkpoint.newest_complete_step(where) if where else None
   again = f"run all {num_processes} processes again"

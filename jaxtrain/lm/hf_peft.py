@@ -12,10 +12,10 @@ import jax
 import numpy as np
 
 from jaxtrain import config as config_lib
-from jaxtrain import hf_llama
-from jaxtrain import lm as lm_lib
-from jaxtrain import lora as lora_lib
-from jaxtrain import storage
+from jaxtrain.lm import hf_llama
+from jaxtrain.lm import language_model as lm_lib
+from jaxtrain.models import lora as lora_lib
+from jaxtrain.rundir import storage
 from jaxtrain.errors import UserError
 
 FORMATS = ("hf", "peft")

@@ -19,8 +19,8 @@ import traceback
 
 import tensorstore as ts
 
-from jaxtrain import peers
-from jaxtrain import storage
+from jaxtrain.rundir import peers
+from jaxtrain.rundir import storage
 from jaxtrain.errors import UserError, first_line
 
 ARRAY_ITEMS = ("params", "opt_state", "rest")  # The array items of a saved step (see checkpoint.py).

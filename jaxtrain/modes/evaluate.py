@@ -11,12 +11,12 @@ import os
 
 from absl import logging
 
-from jaxtrain import checkpoint
+from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain import config as config_lib
 from jaxtrain import evals
-from jaxtrain import init_from as init_from_lib
-from jaxtrain import metrics as metrics_lib
-from jaxtrain import storage
+from jaxtrain.training import init_from as init_from_lib
+from jaxtrain.rundir import metrics as metrics_lib
+from jaxtrain.rundir import storage
 from jaxtrain import train
 from jaxtrain.errors import UserError
 

@@ -25,15 +25,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxtrain import checkpoint
+from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain import config as config_lib
-from jaxtrain import hf_llama
-from jaxtrain import lora as lora_lib
+from jaxtrain.lm import hf_llama
+from jaxtrain.models import lora as lora_lib
 from jaxtrain import models
-from jaxtrain import parallel
-from jaxtrain import sampling
+from jaxtrain.training import parallel
+from jaxtrain.lm import sampling
 from jaxtrain import step as step_lib
-from jaxtrain import storage
+from jaxtrain.rundir import storage
 from jaxtrain.data import text as text_lib
 from jaxtrain.data import tokenizers
 from jaxtrain.errors import UserError

@@ -39,13 +39,13 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxtrain import checkpoint
-from jaxtrain import checkpoint_faults
+from jaxtrain.checkpoints import checkpointer as checkpoint
+from jaxtrain.checkpoints import faults as checkpoint_faults
 from jaxtrain import config as config_lib
-from jaxtrain import hf_llama
+from jaxtrain.lm import hf_llama
 from jaxtrain import models
 from jaxtrain import paths
-from jaxtrain import storage
+from jaxtrain.rundir import storage
 from jaxtrain.data import text as text_lib
 from jaxtrain.errors import UserError, first_line
 

@@ -17,7 +17,7 @@ import tempfile
 from absl import logging
 import jax
 
-from jaxtrain import storage
+from jaxtrain.rundir import storage
 from jaxtrain.errors import UserError
 
 

@@ -22,13 +22,13 @@ import re
 from absl import logging
 import jax
 
-from jaxtrain import checkpoint_faults
+from jaxtrain.checkpoints import faults as checkpoint_faults
 from jaxtrain import config as config_lib
-from jaxtrain import lora as lora_lib
-from jaxtrain import optim
+from jaxtrain.models import lora as lora_lib
+from jaxtrain.training import optim
 from jaxtrain import paths
 from jaxtrain import train
-from jaxtrain.accelerators import ACCELERATORS, KINDS
+from jaxtrain.training.accelerators import ACCELERATORS, KINDS
 from jaxtrain.errors import UserError, did_you_mean
 
 # Of peak, sustained over a run: well-tuned large LM training reaches 35-55% MFU; small

@@ -35,10 +35,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxtrain import config as config_lib
-from jaxtrain import checkpoint_faults as faults
-from jaxtrain import peers
-from jaxtrain import storage
-from jaxtrain.checkpoint_faults import (  # pylint: disable=unused-import  (public here too)
+from jaxtrain.checkpoints import faults
+from jaxtrain.rundir import peers
+from jaxtrain.rundir import storage
+from jaxtrain.checkpoints.faults import (  # pylint: disable=unused-import  (public here too)
     Damaged, DiskFull, RestoreFailed, disk_full, disk_full_message, find_damage, newest_complete_step)
 from jaxtrain.errors import UserError, first_line
 

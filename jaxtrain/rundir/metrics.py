@@ -16,7 +16,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from jaxtrain import storage
+from jaxtrain.rundir import storage
 
 
 class Writer:
@@ -25,7 +25,7 @@ class Writer:
 
   def __init__(self, workdir, start_step=0, trackers=(), config=None):
     self.enabled = jax.process_index() == 0
-    self._trackers = list(trackers) if self.enabled else []  # config.trackers: see jaxtrain.trackers.
+    self._trackers = list(trackers) if self.enabled else []  # config.trackers: see jaxtrain.rundir.trackers.
     if not self.enabled:
       return
     from tensorboardX import SummaryWriter, record_writer  # pylint: disable=import-outside-toplevel
@@ -81,7 +81,7 @@ class Writer:
 
 
 class _EventObjects:
-  """tensorboardX's writers of gs:// event files, through jaxtrain.storage. In place of
+  """tensorboardX's writers of gs:// event files, through jaxtrain.rundir.storage. In place of
   tensorboardX's own, which uploads again whenever Python collects it: after the run
   (and, in the tests, after the emulator stopped, where it retries for 120 s)."""
 

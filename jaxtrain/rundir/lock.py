@@ -27,7 +27,7 @@ import threading
 
 from absl import logging
 
-from jaxtrain import storage
+from jaxtrain.rundir import storage
 from jaxtrain.errors import UserError
 
 REFRESH_SECONDS = 20.0
