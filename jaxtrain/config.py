@@ -259,3 +259,15 @@ def import_object(spec, what):
   if not hasattr(module, attr):
     raise UserError(f"module '{module_name}' has no '{attr}' for {what} '{spec}'")
   return getattr(module, attr)
+
+
+def flatten(tree, prefix=""):
+  """{'optimizer': {'lr': 0.1}} -> {'optimizer.lr': 0.1}: a config (as a dict) by dotted keys;
+  lists and empty dicts are values."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat

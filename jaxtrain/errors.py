@@ -24,6 +24,19 @@ def first_line(error, limit=300):
   return line[:limit]
 
 
+def chain(error):
+  """`error` and its causes and contexts, each once."""
+  seen = []
+  stack = [error]
+  while stack:
+    e = stack.pop()
+    if e is None or any(e is s for s in seen):
+      continue
+    seen.append(e)
+    stack += [e.__cause__, e.__context__]
+  return seen
+
+
 def exit_with(message):
   """A user's mistake ends a command: one line on stderr, no traceback, exit status 2."""
   print(f"error: {' '.join(str(message).split())}", file=sys.stderr)

@@ -19,13 +19,26 @@ from absl import logging
 
 from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain.errors import UserError, exit_with
-from jaxtrain.lm.hf_peft import export
+from jaxtrain.lm.export import export
+from jaxtrain.rundir import exits
+from jaxtrain.rundir import storage
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The jaxtrain work directory (a language model run) to export.")
 _FORMAT = flags.DEFINE_string("format", "hf", "hf: a merged LlamaForCausalLM directory; peft: a LoRA adapter.")
 _OUT = flags.DEFINE_string("out", None, "The directory to write (new or empty).")
 _STEP = flags.DEFINE_integer("step", None, "The checkpoint (default: the newest).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Of the weights written (--format=hf).")
+
+
+def check_out(out):
+  """--out (absolute): the export is made in its parent and renamed into place, after the
+  model is loaded; the parent taking new files is tried first. export() names the rest."""
+  parent = os.path.dirname(out)
+  if storage.is_gcs(out) or not os.path.isdir(parent):
+    return
+  problem = exits.writable_problem(parent)
+  if problem:
+    raise UserError(f"--out={out}: cannot write in {parent} ({problem}); export to a writable place")
 
 
 def main(argv):
@@ -36,13 +49,14 @@ def main(argv):
   try:
     if not _WORKDIR.value or not _OUT.value:
       raise UserError("give --workdir=RUN and --out=DIR")
-    export(os.path.expanduser(_WORKDIR.value), _FORMAT.value, os.path.expanduser(_OUT.value), _STEP.value,
-           _DTYPE.value)
+    workdir, out = exits.absolute_path(_WORKDIR.value, "workdir"), exits.absolute_path(_OUT.value, "out")
+    check_out(out)
+    export(workdir, _FORMAT.value, out, _STEP.value, _DTYPE.value)
   except UserError as e:
     exit_with(e)
-  print(f"wrote {_OUT.value}")
+  print(f"wrote {out}")
   sys.stdout.flush()
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=exits.parse_flags)

@@ -22,6 +22,8 @@ from absl import logging
 from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.errors import UserError, exit_with
+from jaxtrain.rundir import exits
+from jaxtrain.rundir import storage
 
 _MODEL = flags.DEFINE_string("model", None, "A jaxtrain work directory or a Hugging Face Llama directory.")
 _STEP = flags.DEFINE_integer("step", None, "The checkpoint of a work directory (default: the newest).")
@@ -44,33 +46,67 @@ def _unescape(text):
 def read_prompts(path):
   if not os.path.isfile(path):
     raise UserError(f"--prompts_file={path}: no such file")
-  with open(path, encoding="utf-8") as f:
-    lines = [line.rstrip("\n") for line in f if line.strip()]
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise UserError(f"--prompts_file={path}: cannot read it ({e.strerror}); give a readable file") from None
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    raise UserError(f"--prompts_file={path}, line {line}: not UTF-8 text (a binary file?); give a text file, one "
+                    f"prompt a line") from None
+  lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # As text mode reads them.
   if not path.endswith(".jsonl"):
-    return [_unescape(line) for line in lines]
+    return [_unescape(line) for line in lines if line.strip()]
   prompts = []
   for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
     try:
-      prompts.append(json.loads(line)["prompt"])
-    except (ValueError, KeyError, TypeError):
-      raise UserError(f"--prompts_file={path}, line {number}: not a JSON object with a 'prompt' string") from None
+      prompt = json.loads(line)["prompt"]
+    except (ValueError, KeyError, TypeError, IndexError):
+      prompt = None
+    if not isinstance(prompt, str):  # A number or a list would fail in the tokenizer, after the model loaded.
+      raise UserError(f"--prompts_file={path}, line {number}: not a JSON object with a 'prompt' string")
+    prompts.append(prompt)
   return prompts
+
+
+def check_output(path):
+  """--output (absolute): a local file in an existing directory that takes new files
+  (tried), checked before the model is loaded, so that no completion is lost at the end."""
+  if storage.is_gcs(path):
+    raise UserError(f"--output={path}: generate writes a local file; give a local path")
+  if os.path.isdir(path):
+    raise UserError(f"--output={path} is a directory; give a file name")
+  parent = os.path.dirname(path)
+  if exits.existing_parent(path, "output") != parent:  # Which names a file in a directory's place.
+    raise UserError(f"--output={path}: directory {parent} does not exist; create it first")
+  problem = exits.appendable_problem(path) if os.path.exists(path) else exits.writable_problem(parent)
+  if problem:
+    raise UserError(f"--output={path}: cannot write it ({problem}); pick a writable place")
 
 
 def main(argv):
   if len(argv) > 1:
     exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _MODEL.value is None:
+  if not _MODEL.value:
     exit_with("--model is required: a jaxtrain work directory or a Hugging Face Llama directory")
   logging.set_verbosity(logging.WARNING)
   logging.get_absl_handler().addFilter(checkpoint.QuietReading())
   try:
-    prompts = [_unescape(p) for p in _PROMPT.value] + (read_prompts(_PROMPTS_FILE.value) if _PROMPTS_FILE.value else [])
+    model_path, prompts_file, output = (exits.absolute_path(flag.value, flag.name)
+                                        for flag in (_MODEL, _PROMPTS_FILE, _OUTPUT))
+    prompts = [_unescape(p) for p in _PROMPT.value] + (read_prompts(prompts_file) if prompts_file else [])
     if not prompts:
       raise UserError("give --prompt=TEXT (repeatable) or --prompts_file=FILE")
     if _TOP_P.value is not None and not 0 < _TOP_P.value <= 1:
       raise UserError(f"--top_p must be in (0, 1], got {_TOP_P.value}")
-    model = lm_lib.load(_MODEL.value, _STEP.value, dtype=_DTYPE.value)
+    if output:
+      check_output(output)
+    model = lm_lib.load(model_path, _STEP.value, dtype=_DTYPE.value)
     completions = model.generate(prompts, max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value,
                                  top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value,
                                  stop=[_unescape(s) for s in _STOP.value])
@@ -78,12 +114,12 @@ def main(argv):
     exit_with(e)
   for number, (prompt, completion) in enumerate(zip(prompts, completions), 1):
     print(f"--- {number} ---\n{prompt}{completion}")
-  if _OUTPUT.value:
-    with open(_OUTPUT.value, "w", encoding="utf-8") as f:
+  if output:
+    with open(output, "w", encoding="utf-8") as f:
       for prompt, completion in zip(prompts, completions):
         f.write(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False) + "\n")
   sys.stdout.flush()
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=exits.parse_flags)

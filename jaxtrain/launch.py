@@ -14,10 +14,7 @@ lost peer process of a multi-process run (75, see peers.py).
 import logging as std_logging
 import os
 import re
-import signal
 import sys
-import threading
-import traceback
 
 from absl import app
 from absl import flags
@@ -25,17 +22,15 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain import config as config_lib
 from jaxtrain.modes import dry_run
 from jaxtrain.modes import evaluate
 from jaxtrain.modes import lr_find
-from jaxtrain.training import parallel
+from jaxtrain import parallel
+from jaxtrain.rundir import exits
 from jaxtrain.rundir import peers
-from jaxtrain.rundir import storage
 from jaxtrain import train
 from jaxtrain.errors import UserError, exit_with
-from jaxtrain.rundir.preemption import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file: path/to/experiment.py, or path.py:arg.", lock_config=True)
@@ -74,10 +69,14 @@ class _QuietLibraries(std_logging.Filter):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    _fail(f"unexpected arguments: {' '.join(argv[1:])}; flags are written --name=value")
+  try:
+    workdir = exits.absolute_path(_WORKDIR.value, "workdir")  # Once, here: every mode gets the same path.
+  except UserError as e:
+    _fail(e)
   if not _LIBRARY_INFO.value:
     logging.get_absl_handler().addFilter(_QuietLibraries())
-  _quiet_disk_full_in_threads_and_atexit()
+  exits.quiet_disk_full_in_threads_and_atexit()
   cluster = parallel.join_processes(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if cluster:
     logging.info("Process %d of %d (found by %s).", jax.process_index(), jax.process_count(), cluster)
@@ -86,97 +85,45 @@ def main(argv):
     _fail(f"--config={config_file}: no such file")
   for line in config_lib.command_line_units(_CONFIG.value, sys.argv[1:]):
     logging.info("%s.", line)
-  watch = peers.PeerWatch(_WORKDIR.value).start() if jax.process_count() > 1 else None
+  watch = peers.PeerWatch(workdir).start() if jax.process_count() > 1 else None
   try:
     if _MODE.value == "eval":
-      evaluate.run(_CONFIG.value, _WORKDIR.value, _STEP.value)
+      evaluate.run(_CONFIG.value, workdir, _STEP.value)
     elif _MODE.value == "dry_run":
-      dry_run.run(_CONFIG.value, _WORKDIR.value, accelerator=_ACCELERATOR.value, peak_tflops=_PEAK_TFLOPS.value,
+      dry_run.run(_CONFIG.value, workdir, accelerator=_ACCELERATOR.value, peak_tflops=_PEAK_TFLOPS.value,
                   price_per_hour=_PRICE.value)
     elif _MODE.value == "lr_find":
-      lr_find.run(_CONFIG.value, _WORKDIR.value, out=_LR_FIND_OUT.value, lr_min=_LR_FIND_MIN.value,
+      lr_find.run(_CONFIG.value, workdir, out=_LR_FIND_OUT.value, lr_min=_LR_FIND_MIN.value,
                   lr_max=_LR_FIND_MAX.value, steps=_LR_FIND_STEPS.value)
     else:
-      train.run(_CONFIG.value, _WORKDIR.value)
+      train.run(_CONFIG.value, workdir)
   except BaseException as e:  # pylint: disable=broad-except
     lost = peers.lost_peer(e)
     if lost:
-      peers.exit_lost(lost, _WORKDIR.value)  # One line, then os._exit: no barrier waits for the dead process.
+      peers.exit_lost(lost, workdir)  # One line, then os._exit: no barrier waits for the dead process.
     if watch:
       watch.bye()  # This process leaves on purpose: the others are not to take it for a crash.
-    _report(e)
+    exits.report(e, workdir, show_traceback=_TRACEBACK.value)
     raise
   if watch:
     watch.bye()
-  if _DISK_FULL_SEEN:  # A thread's write failed (quietly, see below), and nothing else did.
-    logging.warning("A write failed: %s.", _DISK_FULL_SEEN[0])
-
-
-def _report(error):
-  """Ends the process for the failures a user can act on; returns for any other."""
-  if checkpoint.disk_full(error) is not None:
-    _DISK_FULL_SEEN.append(error)  # Later ENOSPC tracebacks of other threads are this one's echo.
-  if isinstance(error, Preempted):
-    logging.warning("%s", error)
-    sys.exit(128 + signal.SIGTERM)  # As if the signal had ended it: the job is not finished.
-  if isinstance(error, UserError):
-    if _TRACEBACK.value:
-      traceback.print_exc()
-    _fail(str(error))
-  if checkpoint.disk_full(error) is not None:
-    # Orbax's DiskFull may be the context of a later ENOSPC (the metrics writer's close).
-    full = next((e for e in peers.chain(error) if isinstance(e, checkpoint.DiskFull)), None)
-    if _TRACEBACK.value:
-      traceback.print_exc()
-    workdir = storage.absolute(_WORKDIR.value)
-    _fail(str(full) if full else checkpoint.disk_full_message(
-        workdir, f"writing to it failed ({checkpoint.disk_full(error)})",
-        checkpoints=os.path.join(workdir, "checkpoints")))
-
-
-_DISK_FULL_SEEN = []
-
-
-def _quiet_disk_full_in_threads_and_atexit():
-  """A full disk fails more writes than the one reported: TensorBoard's writer thread and
-  its atexit flush each print an ENOSPC traceback (measured on a full 4 MiB tmpfs: 3 more
-  tracebacks after the save's). The run reports the full disk in one line (see `_report`);
-  those are dropped here. Any other exception in a thread or at exit still prints."""
-  previous_thread_hook, previous_unraisable_hook = threading.excepthook, sys.unraisablehook
-
-  def thread_hook(args):
-    if args.exc_value is not None and checkpoint.disk_full(args.exc_value) is not None:
-      _DISK_FULL_SEEN.append(args.exc_value)
-    elif _DISK_FULL_SEEN and _in_tensorboard(args.exc_traceback):
-      pass  # Its writer's close failed on the full disk, and its thread then reads a closed queue.
-    else:
-      previous_thread_hook(args)
-
-  def unraisable_hook(unraisable):
-    if unraisable.exc_value is not None and checkpoint.disk_full(unraisable.exc_value) is not None:
-      _DISK_FULL_SEEN.append(unraisable.exc_value)
-    else:
-      previous_unraisable_hook(unraisable)
-
-  threading.excepthook, sys.unraisablehook = thread_hook, unraisable_hook
-
-
-def _in_tensorboard(tb):
-  return any("/tensorboardX/" in frame.filename for frame in traceback.extract_tb(tb)) if tb else False
+  exits.warn_of_quiet_failures()
 
 
 _fail = exit_with  # A user's mistake: one line on stderr, no traceback, exit status 2.
 
 
 def _parse_flags(argv):
-  """Flag mistakes (a config that raises, a bad override) as one line."""
+  """Flag mistakes (a config that raises, a bad override, any other flag) as one line."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     text = str(e)
     if "Traceback" in text:  # get_config raised: the traceback's last line says why.
-      text = f"{text.split(': Error whilst', 1)[0]}: get_config raised {text.strip().splitlines()[-1]}"
-    _fail(text)
+      _fail(f"{text.split(': Error whilst', 1)[0]}: get_config raised {text.strip().splitlines()[-1]}")
+    if text.startswith("flag --config."):  # A bad override, in ml_collections' words (key, value and why).
+      _fail(text)
+    _fail(exits.flag_problem(e, argv))
   except SyntaxError as e:
     _fail(f"--config: {e.filename}:{e.lineno}: SyntaxError: {e.msg}")
   except (AttributeError, KeyError) as e:

@@ -28,6 +28,8 @@ from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.errors import UserError, exit_with
 from jaxtrain.evals import harness as harness_lib
 from jaxtrain.evals import lm_tasks
+from jaxtrain.rundir import exits
+from jaxtrain.rundir import storage
 
 _MODEL = flags.DEFINE_string("model", None, "A jaxtrain work directory or a Hugging Face Llama directory.")
 _STEP = flags.DEFINE_integer("step", None, "The checkpoint of a work directory (default: the newest).")
@@ -52,7 +54,15 @@ def load_tasks(tasks_flag, fewshot_flag):
   fewshot = [p for p in (fewshot_flag or "").split(",") if p]
   if fewshot and len(fewshot) != len(paths):
     raise UserError(f"--fewshot_file names {len(fewshot)} files for {len(paths)} tasks; give one per task")
-  tasks = [lm_tasks.load(path, fewshot[i] if fewshot else None) for i, path in enumerate(paths)]
+  tasks = []
+  for i, path in enumerate(paths):
+    try:
+      tasks.append(lm_tasks.load(path, fewshot[i] if fewshot else None))
+    except UnicodeDecodeError:  # A binary file, read as text: which one, and where.
+      for given in [path] + fewshot[i:i + 1]:
+        check_text(given)
+      raise UserError(f"task spec {path}: its documents are not UTF-8 text (a binary file?); give a .jsonl file, "
+                      f"one JSON document a line") from None
   names = [t.name for t in tasks]
   twice = sorted({n for n in names if names.count(n) > 1})
   if twice:
@@ -60,9 +70,32 @@ def load_tasks(tasks_flag, fewshot_flag):
   return tasks
 
 
+def check_text(path):
+  """One line naming the file and its line, where task file `path` is not UTF-8 text."""
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    raise UserError(f"task file {path}, line {line}: not UTF-8 text (a binary file?); give a .jsonl file, one JSON "
+                    f"document a line") from None
+
+
 def check_output_path(path):
-  if path and os.path.exists(path) and not os.path.isdir(path):
+  """--output_path (absolute): a local directory that can be made (or is there) and takes
+  new files (tried), checked before the model is loaded: results are written at the end."""
+  if not path:
+    return
+  if storage.is_gcs(path):
+    raise UserError(f"--output_path={path}: lm_eval writes a local directory; give a local path (then `gcloud "
+                    f"storage cp -r` it to the bucket)")
+  if os.path.exists(path) and not os.path.isdir(path):
     raise UserError(f"--output_path={path} is a file; give a directory")
+  directory = path if os.path.isdir(path) else exits.existing_parent(path, "output_path")
+  problem = exits.writable_problem(directory)
+  if problem:
+    raise UserError(f"--output_path={path}: cannot write in {directory} ({problem}); pick a writable place")
 
 
 def table(results, shots):
@@ -96,25 +129,28 @@ def write_outputs(directory, results, shots, config, samples):
 def main(argv):
   if len(argv) > 1:
     exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _MODEL.value is None:
+  if not _MODEL.value:
     exit_with("--model is required: a jaxtrain work directory or a Hugging Face Llama directory")
   logging.get_absl_handler().addFilter(checkpoint.QuietReading())
   try:
-    tasks = load_tasks(_TASKS.value, _FEWSHOT_FILE.value)
-    check_output_path(_OUTPUT_PATH.value)
-    model = lm_lib.load(_MODEL.value, _STEP.value, dtype=_DTYPE.value)
+    model_path, output_path = (exits.absolute_path(f.value, f.name) for f in (_MODEL, _OUTPUT_PATH))
+    task_files, fewshot_files = (",".join(exits.absolute_path(p, f.name) for p in (f.value or "").split(",") if p)
+                                 for f in (_TASKS, _FEWSHOT_FILE))
+    tasks = load_tasks(task_files, fewshot_files)
+    check_output_path(output_path)
+    model = lm_lib.load(model_path, _STEP.value, dtype=_DTYPE.value)
     results, samples, add_bos = harness_lib.evaluate(model, tasks, _NUM_FEWSHOT.value, fewshot_seed=_FEWSHOT_SEED.value,
                                 limit=_LIMIT.value, add_bos=_ADD_BOS.value, batch_tokens=_BATCH_TOKENS.value)
   except UserError as e:
     exit_with(e)
   shots = {name: _NUM_FEWSHOT.value for name in results}
   print(table(results, shots))
-  if _OUTPUT_PATH.value:
-    config = {"model": model.source, "tasks": _TASKS.value, "fewshot_file": _FEWSHOT_FILE.value,
+  if output_path:
+    config = {"model": model.source, "tasks": task_files, "fewshot_file": fewshot_files or None,
               "fewshot_seed": _FEWSHOT_SEED.value, "limit": _LIMIT.value, "add_bos_token": add_bos}
-    write_outputs(_OUTPUT_PATH.value, results, shots, config, samples if _LOG_SAMPLES.value else {})
+    write_outputs(output_path, results, shots, config, samples if _LOG_SAMPLES.value else {})
   sys.stdout.flush()
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=exits.parse_flags)

@@ -58,3 +58,10 @@ def match(tree, patterns, key, what="", prefix=""):
     raise UserError(f"{key}[{unused[0]}] pattern {patterns[unused[0]]!r} matches no array{what} "
                     f"(paths look like {example!r}); fix the pattern or drop the rule")
   return indices
+
+
+def named_leaves(tree, prefix=""):
+  """[(name, array)] of a pytree's arrays, concrete or abstract (anything with a shape, Orbax's
+  metadata included), named as `name_of` names them, after `prefix`."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+  return [(prefix + name_of(path), leaf) for path, leaf in leaves]

@@ -26,6 +26,7 @@ import sys
 
 from jaxtrain import runs as runs_lib
 from jaxtrain.errors import UserError, exit_with
+from jaxtrain.rundir import exits
 
 NO_MATPLOTLIB = "matplotlib is not installed: pip install -e '.[plots]'"
 PANEL_SIZE = (4.6, 3.4)  # Inches, at 100 dots per inch.
@@ -165,7 +166,7 @@ def check_out(path):
 
 
 def main(argv=None):
-  parser = runs_lib.ArgumentParser(prog="python -m jaxtrain.plot", allow_abbrev=False,
+  parser = exits.ArgumentParser(prog="python -m jaxtrain.plot", allow_abbrev=False,
                                    description="Curves of runs, one panel per metric, as a PNG.")
   parser.add_argument("runs", nargs="+", metavar="RUN", help="work directories")
   parser.add_argument("--metrics", help="comma-separated (default: train/loss and the first evaluator's metrics)")

@@ -26,6 +26,8 @@ import os
 import sys
 from typing import NamedTuple
 
+from jaxtrain import config as config_lib
+from jaxtrain.rundir import layout
 from jaxtrain.rundir import storage
 from jaxtrain.errors import UserError, did_you_mean, exit_with
 
@@ -124,7 +126,7 @@ class Run:
     section = self.config.get("input")
     value = section.get("batch_size") if isinstance(section, dict) else None
     if not _is_number(value) or value <= 0:
-      raise UserError(f"{os.path.join(self.path, 'config.json')} has no input.batch_size, so no examples: plot against --x=step")
+      raise UserError(f"{layout.config_path(self.path)} has no input.batch_size, so no examples: plot against --x=step")
     return value
 
 
@@ -134,25 +136,14 @@ def load(directory):
   if not storage.isdir(directory):
     what = "is a file" if storage.exists(directory) else "does not exist"
     raise UserError(f"{directory} {what}: give a run's work directory (with config.json and metrics.jsonl)")
-  missing = [n for n in ("config.json", "metrics.jsonl") if not storage.isfile(os.path.join(directory, n))]
+  missing = [n for n in (layout.CONFIG, layout.METRICS) if not storage.isfile(os.path.join(directory, n))]
   if missing:
     inside = sorted(d for d in storage.listdir(directory)
-                    if storage.isfile(os.path.join(directory, d, "metrics.jsonl")))
+                    if storage.isfile(os.path.join(directory, d, layout.METRICS)))
     hint = f"; runs inside it: {', '.join(os.path.join(directory, d) for d in inside[:5])}" if inside else ""
     raise UserError(f"{directory} is not a run's work directory: it has no {' and no '.join(missing)}{hint}")
-  return Run(path=directory, config=_read_config(os.path.join(directory, "config.json")),
-             rows=_read_rows(os.path.join(directory, "metrics.jsonl")))
-
-
-def _read_config(path):
-  try:
-    with storage.open_file(path) as f:
-      config = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UserError(f"{path} is not JSON: {e}") from None
-  if not isinstance(config, dict):
-    raise UserError(f"{path} is not a JSON object")
-  return config
+  return Run(path=directory, config=layout.read_config(directory),
+             rows=_read_rows(os.path.join(directory, layout.METRICS)))
 
 
 def _read_rows(path):
@@ -168,30 +159,32 @@ def _read_rows(path):
       if number == len(lines):  # No newline yet: a live run is writing it, or a crash cut it.
         break
       why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
-      shown = line.decode("utf-8", "replace").strip()
-      raise UserError(f"{path}:{number}: not a JSON line ({why}): {shown[:60]}") from None
+      raise UserError(f"{path}:{number}: not a JSON line ({why}): {printable(line.strip(), 60)}") from None
     if not isinstance(row, dict) or not _is_number(row.get("step")) or not float(row["step"]).is_integer():
-      raise UserError(f"{path}:{number}: a row is a JSON object with an integer \"step\": {line.decode().strip()[:60]}")
+      raise UserError(f"{path}:{number}: a row is a JSON object with an integer \"step\": "
+                      f"{printable(line.strip(), 60)}")
     row["step"] = int(row["step"])
     rows.append(row)
   return rows
 
 
-def flatten(config, prefix=""):
-  """{'optimizer': {'lr': 0.1}} -> {'optimizer.lr': 0.1}; lists and empty dicts are values."""
-  flat = {}
-  for key, value in config.items():
-    if isinstance(value, dict) and value:
-      flat.update(flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
+def printable(text, limit=None):
+  """`text` (bytes: as UTF-8) with control characters and bytes that are not UTF-8 escaped
+  ('\\x1b'): a garbage line must not reach the terminal raw. Cut after about `limit` characters."""
+  if isinstance(text, bytes):
+    text = text.decode("utf-8", "backslashreplace")
+  shown = ""
+  for char in text:
+    if limit is not None and len(shown) >= limit:
+      break
+    shown += char if char.isprintable() else repr(char)[1:-1]
+  return shown
 
 
 def differing_config(runs):
   """{dotted key: [value in each run]} for the config keys whose values are not the same in
   all runs (a key a run lacks reads as None there)."""
-  flats = [flatten(run.config) for run in runs]
+  flats = [config_lib.flatten(run.config) for run in runs]
   keys = dict.fromkeys(key for flat in flats for key in flat)
   return {key: [flat.get(key) for flat in flats] for key in keys
           if any(flat.get(key) != flats[0].get(key) for flat in flats[1:])}
@@ -270,6 +263,7 @@ def table(runs, metrics):
       else:
         row += ["-", "-"]
     rows.append(row)
+  rows = [[printable(cell) for cell in row] for row in rows]  # Names and values from the runs' own files.
   widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
   lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
   lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -295,7 +289,7 @@ def main(argv=None):
     metrics = default_metrics(runs) if args.metrics is None else parse_metrics(args.metrics, runs)
     text = table(runs, metrics)
   except UserError as e:
-    exit_with(e)
+    exit_with(printable(str(e)))  # Metric names in it come from the runs' files.
   print(text)
   sys.stdout.flush()
 

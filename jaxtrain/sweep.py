@@ -31,6 +31,7 @@ import time
 
 from jaxtrain import plot as plot_lib
 from jaxtrain import runs as runs_lib
+from jaxtrain.rundir import layout
 from jaxtrain.rundir import storage
 from jaxtrain.errors import UserError, did_you_mean, exit_with, first_line
 
@@ -41,9 +42,10 @@ def split_values(text):
   if ";" in text:
     return [part.strip() for part in text.split(";")]
   try:
-    return [ast.get_source_segment(f"[{text}]", e) for e in ast.parse(f"[{text}]", mode="eval").body.elts]
+    values = [ast.get_source_segment(f"[{text}]", e) for e in ast.parse(f"[{text}]", mode="eval").body.elts]
   except SyntaxError:
     return [part.strip() for part in text.split(",")]
+  return values + [""] if text.rstrip().endswith(",") else values  # Python drops a trailing comma; '0,1,' is a slip.
 
 
 def load_config(spec):
@@ -178,6 +180,23 @@ def _check_workdir(directory, definition, names):
   return dict(definition, runs={})
 
 
+def check_writable(directory, create=True):
+  """Before any run: the sweep's directory made (with `create`) and a file written in it.
+  A real write, as os.access says yes to root where the file system says no (/proc)."""
+  if not create and not os.path.isdir(directory):
+    return  # --report_only writes nothing where there is no run.
+  probe = os.path.join(directory, "sweep.json.partial")  # A name of ours (a killed _save leaves it too).
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with open(probe, "w", encoding="utf-8"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    where = f": {e.filename}" if e.filename else ""
+    raise UserError(f"--workdir={directory}: cannot write the sweep's directory ({e.strerror or e}{where}); give a "
+                    f"writable directory") from None
+
+
 def _save(directory, state):
   path = os.path.join(directory, "sweep.json")
   with open(path + ".partial", "w", encoding="utf-8") as f:
@@ -198,7 +217,7 @@ def run_all(args, state, runs):
   for index, (name, values) in enumerate(runs, 1):
     workdir = os.path.join(args.workdir, name)
     done = state["runs"].get(name, {}).get("status") == "finished"
-    if done and os.path.isfile(os.path.join(workdir, "metrics.jsonl")):
+    if done and os.path.isfile(os.path.join(workdir, layout.METRICS)):
       print(f"[{index}/{len(runs)}] {name}: finished before, not run again", flush=True)
     else:
       todo.append((index, name, ["python", "-m", "jaxtrain.launch", *launch_args(args, workdir, values)]))
@@ -340,6 +359,7 @@ def main(argv=None):
     state, runs = prepare(args, extra)
     if args.print_commands or args.launcher:
       return print_commands(args, runs)
+    check_writable(args.workdir, create=not args.report_only)
     if not args.report_only:
       run_all(args, state, runs)
     failed = report(args, state, runs)

@@ -22,7 +22,7 @@ gap the same kind: steps/s (median of 5 rounds of 100 steps), and the ratio to j
 within each round; in brackets the range over three idle runs of the same day (the full
 run, `--digits_variants=all`, and a run of the candidates alone):
 
-  jaxtrain        74.2   1.00               train.build(experiments/digits.py)
+  jaxtrain        74.2   1.00               build_lib.build(experiments/digits.py)
   bare            79.7   1.08 [0.98-1.08]   a hand-written jit loop: same as jaxtrain
   torch          120.2   1.62 [1.26-1.62]   PyTorch eager
   torch_compile  114.3   1.54 [1.37-1.54]   torch.compile
@@ -75,13 +75,13 @@ from bench_contenders import (ROOT, best_ms, interleave, median_ratio, on_off, o
                               warm_up, with_defaults)
 
 # name: what it is, XLA_FLAGS for its process, and what it changes. 'loop': jaxtrain (the
-# step train.build compiles; the default), bare (a hand-written jit loop), torch, noop
+# step build_lib.build compiles; the default), bare (a hand-written jit loop), torch, noop
 # (dispatch alone); 'model': the CNN rewritten (same parameters, same function: see
 # make_digits_cnn) and trained by jaxtrain's step; 'dtype', 'precision', 'prng': jaxtrain's
 # step with that setting.
 YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
 DIGITS_VARIANTS = {
-    "jaxtrain": dict(what="jaxtrain: train.build(experiments/digits.py)"),
+    "jaxtrain": dict(what="jaxtrain: build_lib.build(experiments/digits.py)"),
     "bare": dict(loop="bare", what="bare JAX loop, the same Flax CNN"),
     "torch": dict(loop="torch", what="PyTorch eager, the same CNN (NCHW)"),
     "torch_compile": dict(loop="torch", compile=True, what="PyTorch, torch.compile of the whole step"),
@@ -277,8 +277,8 @@ def contender(spec):
 
 
 def digits_jax(variant):
-  """A JAX contender: jaxtrain's compiled step (train.build), a bare loop or a no-op step,
-  on the digits batches train.build's pipeline gives, kept on the device."""
+  """A JAX contender: jaxtrain's compiled step (build_lib.build), a bare loop or a no-op step,
+  on the digits batches build_lib.build's pipeline gives, kept on the device."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   if "prng" in variant:
@@ -287,10 +287,10 @@ def digits_jax(variant):
     jax.config.update("jax_default_matmul_precision", variant["precision"])
   from jaxtrain import config as config_lib  # pylint: disable=import-outside-toplevel
   from jaxtrain import models
-  from jaxtrain import train
+  from jaxtrain.training import build as build_lib
   if "model" in variant:
     models.MODELS.register("bench_digits_cnn")(make_digits_cnn())
-  exp = train.build(digits_config(variant))
+  exp = build_lib.build(digits_config(variant))
   state = exp.strategy.init(exp.create, exp.abstract_state)
   batches = [exp.strategy.shard(exp.data.train_ds[k]) for k in range(8)]
   info = {}

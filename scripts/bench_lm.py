@@ -145,7 +145,7 @@ def packed_batch(batch_size, seq_len, vocab_size, seed=0):
 
 
 def jaxtrain_lm(model, batch):
-  """jaxtrain's own step, built from its parts as train.build does: () -> one step."""
+  """jaxtrain's own step, built from its parts as build_lib.build does: () -> one step."""
   import jax  # pylint: disable=import-outside-toplevel
   import ml_collections  # pylint: disable=import-outside-toplevel
   from jaxtrain import config as config_lib  # pylint: disable=import-outside-toplevel

@@ -37,7 +37,7 @@ import importlib.util
 
 import jax
 
-from jaxtrain import train
+from jaxtrain.training import build as build_lib
 from jaxtrain.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +65,7 @@ def config_for(parallel):
 
 def prepare(parallel):
   """(run(num_steps) -> steps/s, bytes of train state per device) for one strategy."""
-  exp = train.build(config_for(parallel))
+  exp = build_lib.build(config_for(parallel))
   state = exp.strategy.init(exp.create, exp.abstract_state)
   batches = [exp.strategy.shard(exp.data.train_ds[k]) for k in range(8)]
 

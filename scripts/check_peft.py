@@ -41,12 +41,12 @@ MODULES = ("textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "hea
 def lora_config(corpus, hf, steps=20):
   """tests/tiny_lm.py fine-tuning `hf` with LoRA (rank 4, alpha 8)."""
   import importlib.util  # pylint: disable=import-outside-toplevel
-  from jaxtrain.lm import hf_llama  # pylint: disable=import-outside-toplevel
+  from jaxtrain.lm import hf as hf_lib  # pylint: disable=import-outside-toplevel
   spec = importlib.util.spec_from_file_location("tiny_lm", os.path.join(ROOT, "tests", "tiny_lm.py"))
   tiny_lm = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(tiny_lm)
   config = tiny_lm.get_config(corpus)
-  kwargs, _ = hf_llama.read_config(hf)
+  _, kwargs, _ = hf_lib.read_config(hf)
   config.total_steps, config.evals.val.every_steps, config.checkpoint.every_steps = steps, steps, steps
   config.input.data.tokenizer.vocab_size = 280  # At most the model's 300 ids.
   config.model = dict(name="llama", **kwargs)
@@ -77,7 +77,7 @@ def main():
   with tempfile.TemporaryDirectory() as work:
     os.environ["TFDS_DATA_DIR"] = os.path.join(work, "data")  # The tokenizer and token caches.
     import hf_dirs  # pylint: disable=import-outside-toplevel
-    from jaxtrain.lm import hf_peft  # pylint: disable=import-outside-toplevel
+    from jaxtrain.lm import export  # pylint: disable=import-outside-toplevel
     from jaxtrain.lm import language_model as lm
     from jaxtrain import train
     corpus = os.path.join(work, "corpus")
@@ -88,8 +88,8 @@ def main():
     run = os.path.join(work, "run")
     train.run(lora_config(corpus, hf), run)
     ours = lm.load(run).logits(hf_dirs.TOKENS)
-    hf_peft.export(run, "peft", os.path.join(work, "peft"))
-    hf_peft.export(run, "hf", os.path.join(work, "merged"))
+    export.export(run, "peft", os.path.join(work, "peft"))
+    export.export(run, "hf", os.path.join(work, "merged"))
 
     base = torch_model(hf)
     adapted = peft.PeftModel.from_pretrained(base, os.path.join(work, "peft")).eval()

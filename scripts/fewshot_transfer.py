@@ -93,18 +93,18 @@ class Built:
 
   def __init__(self, arg):
     from jaxtrain import config as config_lib  # pylint: disable=import-outside-toplevel
-    from jaxtrain import train
+    from jaxtrain.training import build as build_lib
     spec = importlib.util.spec_from_file_location("digits_transfer", EXPERIMENT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     cfg = config_lib.Reader(module.get_config(arg))
-    self.strategy, _ = train.build_strategy(cfg)
+    self.strategy, _ = build_lib.build_strategy(cfg)
     self.seed = cfg.get("seed", 0)
-    data = train.build_data(cfg, self.strategy, self.seed)
-    self.model = train.build_model(cfg, data)
-    self.abstract = train.abstract_variables(self.strategy, self.model, self.seed)
+    data = build_lib.build_data(cfg, self.strategy, self.seed)
+    self.model = build_lib.build_model(cfg, data)
+    self.abstract = build_lib.abstract_variables(self.strategy, self.model, self.seed)
     self.evaluators = {s.name: s.evaluator for s in
-                       train.build_evaluators(cfg, self.strategy, self.model, data, self.abstract)}
+                       build_lib.build_evaluators(cfg, self.strategy, self.model, data, self.abstract)}
 
   def fresh_variables(self):
     from jaxtrain import step  # pylint: disable=import-outside-toplevel

@@ -22,9 +22,9 @@ import pytest
 
 from conftest import ROOT
 from test_train import tiny_config
-from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain.checkpoints import faults as checkpoint_faults
-from jaxtrain import launch
+from jaxtrain.rundir import layout
+from jaxtrain.rundir import exits
 from jaxtrain.rundir import storage
 from jaxtrain import train
 from jaxtrain.errors import UserError
@@ -103,7 +103,7 @@ def test_a_restore_error_that_is_not_damage_stops_the_run_and_moves_nothing(trai
     raise error
 
   monkeypatch.setattr(ocp.CheckpointManager, "restore", fails)
-  with pytest.raises(checkpoint.RestoreFailed) as e:
+  with pytest.raises(checkpoint_faults.RestoreFailed) as e:
     train.run(tiny_config(), workdir)
   message = str(e.value)
   assert message.startswith(f"could not restore checkpoint {workdir}/checkpoints/20: {expected}"), message
@@ -217,9 +217,9 @@ def test_damage_is_found_by_reading_the_checkpoint_and_orbax_fails_on_it_too(tra
   change, expected = DAMAGE[kind]
   workdir = copy_of(trained_20, tmp_path)
   path = os.path.join(workdir, "checkpoints", "20")
-  assert checkpoint.find_damage(path) is None
+  assert checkpoint_faults.find_damage(path) is None
   change(path)
-  assert expected in (checkpoint.find_damage(path) or "")
+  assert expected in (checkpoint_faults.find_damage(path) or "")
   shutil.rmtree(os.path.join(workdir, "checkpoints", "10"))
   with pytest.raises(UserError, match=f"restores: the only one is damaged \\(20: .*{expected[:20]}"):
     train.run(tiny_config(), workdir)  # Orbax cannot restore it either; the run says why in one line.
@@ -236,7 +236,7 @@ def test_a_storage_error_while_checking_is_no_evidence_of_damage(trained_20, tmp
     return open(name, *args, **kwargs)
 
   monkeypatch.setattr(storage, "open", eio, raising=False)  # The module's `open` before the builtin.
-  assert checkpoint.find_damage(path) is None
+  assert checkpoint_faults.find_damage(path) is None
 
 
 # ---- A full disk: one line --------------------------------------------------------------------
@@ -253,7 +253,7 @@ def test_a_save_on_a_full_disk_is_one_line_naming_the_directory_and_the_checkpoi
     return real_save(self, step, *args, **kwargs)
 
   monkeypatch.setattr(ocp.CheckpointManager, "save", full_after_20)
-  with pytest.raises(checkpoint.DiskFull) as e:
+  with pytest.raises(checkpoint_faults.DiskFull) as e:
     train.run(tiny_config(), workdir)
   message = str(e.value)
   assert message.startswith(f"the disk holding {workdir}/checkpoints is full (")
@@ -262,19 +262,17 @@ def test_a_save_on_a_full_disk_is_one_line_naming_the_directory_and_the_checkpoi
   assert "\n" not in message
 
 
-def test_the_launcher_reports_a_full_disk_in_one_line_whichever_write_raises_last(tmp_path, capsys, monkeypatch):
+def test_the_launcher_reports_a_full_disk_in_one_line_whichever_write_raises_last(tmp_path, capsys):
   """A save's DiskFull is often followed by the TensorBoard writer's own ENOSPC on close,
   which replaces it as the exception the launcher gets; or only that write fails."""
   workdir = tmp_path / "run"
   os.makedirs(workdir / "checkpoints" / "150")
   os.makedirs(workdir / "checkpoints" / "175.orbax-checkpoint-tmp-1")
-  monkeypatch.setattr(launch, "_WORKDIR", type("Flag", (), {"value": str(workdir)})())
-  monkeypatch.setattr(launch, "_TRACEBACK", type("Flag", (), {"value": False})())
-  saved = checkpoint.DiskFull(checkpoint.disk_full_message(str(workdir / "checkpoints"), "saving a checkpoint failed"))
+  saved = checkpoint_faults.DiskFull(checkpoint_faults.disk_full_message(str(workdir / "checkpoints"), "saving a checkpoint failed", str(workdir)))
   for error in (saved, _raised_during(saved, OSError(errno.ENOSPC, "No space left on device")),
                 OSError(errno.ENOSPC, "No space left on device")):
     with pytest.raises(SystemExit) as e:
-      launch._report(error)  # pylint: disable=protected-access
+      exits.report(error, str(workdir))
     assert e.value.code == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: the disk holding {workdir}")
@@ -330,7 +328,7 @@ def test_a_real_full_disk_stops_with_one_line_and_the_run_resumes_once_there_is_
                             capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    newest = checkpoint.newest_complete_step(os.path.join(workdir, "checkpoints"))
+    newest = layout.newest_complete_step(workdir)
     assert errors == [line for line in errors if line.endswith(f"resume from checkpoint {newest}")] and len(errors) == 1
     assert errors[0].startswith(f"error: the disk holding {workdir}/checkpoints is full (")
     assert "Traceback" not in result.stderr and "Exception" not in result.stderr, result.stderr[-3000:]

@@ -17,10 +17,11 @@ import pytest
 
 from conftest import ROOT, load_experiment
 import hf_dirs
-from jaxtrain.lm import hf_llama
+from jaxtrain.lm import hf as hf_lib
 from jaxtrain.training import init_from
 from jaxtrain.lm import language_model as lm_lib
 from jaxtrain import train
+from jaxtrain.training import build as build_lib
 from jaxtrain.data import documents
 from jaxtrain.errors import UserError
 
@@ -178,8 +179,8 @@ def test_a_hugging_face_source_gives_its_config_and_tokenizer(tfds_dir, tmp_path
   config.input.data.seq_len = 32
   config.evals = ml_collections.ConfigDict()  # Nothing held out here.
   del config["early_stopping"]
-  exp = train.build(config)
-  kwargs, _ = hf_llama.read_config(hf)
+  exp = build_lib.build(config)
+  _, kwargs, _ = hf_lib.read_config(hf)
   assert exp.config.model.to_dict() == dict(name="llama", dtype="float32", residual_dropout=0.0,
                                             **{k: v for k, v in kwargs.items() if v is not None})
   assert exp.config.input.data.tokenizer == hf and exp.data.source.tokenizer.path.startswith(hf)

@@ -12,9 +12,9 @@ import pytest
 
 from jaxtrain import config as config_lib
 from jaxtrain import data
-from jaxtrain.modes import evaluate
 from jaxtrain import step
 from jaxtrain import train
+from jaxtrain.training import build as build_lib
 from jaxtrain.errors import UserError
 from jaxtrain.evals import linear_probes as fewshot
 from test_train import read_rows, tiny_config
@@ -38,13 +38,13 @@ def probe_config(**changes):
 def build(config):
   """(evaluators by name, the model's variables at initialisation, the model)."""
   cfg = config_lib.Reader(config)
-  strategy, _ = train.build_strategy(cfg)
+  strategy, _ = build_lib.build_strategy(cfg)
   seed = cfg.get("seed", 0)
-  data_ = train.build_data(cfg, strategy, seed)
-  model = train.build_model(cfg, data_)
-  abstract = train.abstract_variables(strategy, model, seed)
-  evaluators = {s.name: s.evaluator for s in train.build_evaluators(cfg, strategy, model, data_, abstract)}
-  evaluate._mark_training_keys_read(cfg)  # pylint: disable=protected-access  (as --mode=eval checks)
+  data_ = build_lib.build_data(cfg, strategy, seed)
+  model = build_lib.build_model(cfg, data_)
+  abstract = build_lib.abstract_variables(strategy, model, seed)
+  evaluators = {s.name: s.evaluator for s in build_lib.build_evaluators(cfg, strategy, model, data_, abstract)}
+  build_lib.skip_training_keys(cfg)  # As --mode=eval checks.
   config_lib.check_all_read(cfg)
   variables = strategy.init(functools.partial(step.init_variables, model.module, model.example_inputs, seed), abstract)
   return evaluators, variables, model

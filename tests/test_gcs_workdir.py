@@ -18,7 +18,7 @@ import pytest
 import test_interruptions
 from conftest import ROOT, read_checkpoint, tiny_lm
 from jaxtrain.modes import evaluate
-from jaxtrain.lm import hf_peft
+from jaxtrain.lm import export as export_lib
 from jaxtrain.lm import language_model as lm_lib
 from jaxtrain import runs
 from jaxtrain.rundir import storage
@@ -189,8 +189,8 @@ def test_the_readers_take_a_run_on_gcs_as_one_on_disk(bucket, tfds_dir, corpus, 
   assert evaluate.run(config, remote) == evaluate.run(config, local)
   assert rows(remote)[-1]["step"] == 20 and "val/loss" in rows(remote)[-1]  # Its rows went to the bucket.
 
-  hf_peft.export(remote, "hf", str(tmp_path / "hf_remote"))
-  hf_peft.export(local, "hf", str(tmp_path / "hf_local"))
+  export_lib.export(remote, "hf", str(tmp_path / "hf_remote"))
+  export_lib.export(local, "hf", str(tmp_path / "hf_local"))
   for name in ("model.safetensors", "config.json", "tokenizer.json"):
     assert (tmp_path / "hf_remote" / name).read_bytes() == (tmp_path / "hf_local" / name).read_bytes(), name
 

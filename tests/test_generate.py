@@ -16,6 +16,7 @@ from conftest import ROOT, tiny_lm
 from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.rundir import metrics as metrics_lib
 from jaxtrain import train
+from jaxtrain.training import build as build_lib
 from jaxtrain.config import duration
 from jaxtrain.data import tokenizers
 from jaxtrain.errors import UserError
@@ -135,7 +136,7 @@ def test_the_command_names_each_mistake_in_one_line(run_dir, tmp_path):
   assert "does not exist or is not a directory" in one_line_error(generate("--model=/nonexistent", "--prompt=x"))
   (tmp_path / "gpt2").mkdir()
   (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
-  assert "not the Llama architecture" in one_line_error(generate(f"--model={tmp_path / 'gpt2'}", "--prompt=x"))
+  assert "not an architecture jaxtrain reads (LlamaForCausalLM)" in one_line_error(generate(f"--model={tmp_path / 'gpt2'}", "--prompt=x"))
   long_prompt = "def f(x):\n    return x\n" * 20
   assert "leaves no room in the model's context of 32 tokens" in one_line_error(
       generate(f"--model={run_dir}", f"--prompt={long_prompt}"))
@@ -149,7 +150,7 @@ def test_the_command_names_each_mistake_in_one_line(run_dir, tmp_path):
 def test_the_samples_evaluator_compiles_at_start_up_and_not_again(tfds_dir, corpus):
   config = with_samples(tiny_lm(corpus))
   config.evals.samples.max_new_tokens = 40  # More than the context leaves: capped at start-up as in a run.
-  exp = train.build(config)
+  exp = build_lib.build(config)
   samples = next(s.evaluator for s in exp.evaluators if s.name == "samples")
   assert samples.sampler.traces == 2  # Prefill and decode, before any step.
   state = exp.strategy.init(exp.create, exp.abstract_state)
@@ -159,9 +160,9 @@ def test_the_samples_evaluator_compiles_at_start_up_and_not_again(tfds_dir, corp
 
 def test_a_samples_evaluator_with_bad_settings_fails_at_start_up(tfds_dir, corpus):
   with pytest.raises(UserError, match=r"evals.samples.prompts' must be a non-empty list of strings"):
-    train.build(_bad_prompts(corpus, "def "))
+    build_lib.build(_bad_prompts(corpus, "def "))
   with pytest.raises(UserError, match=r"evals.samples.prompts 0 is \d+ tokens, which leaves no room"):
-    train.build(_bad_prompts(corpus, ["x = 1\n" * 40]))
+    build_lib.build(_bad_prompts(corpus, ["x = 1\n" * 40]))
 
 
 def _bad_prompts(corpus, prompts):

@@ -12,9 +12,10 @@ import pytest
 
 import hf_dirs
 from conftest import read_checkpoint, tiny_lm
-from jaxtrain.lm import hf_llama
+from jaxtrain.lm import hf as hf_lib
 from jaxtrain.lm import language_model as lm_lib
 from jaxtrain import train
+from jaxtrain.training import build as build_lib
 from jaxtrain.errors import UserError
 from test_train import read_rows, tiny_config
 
@@ -29,7 +30,7 @@ def source(tfds_dir, tmp_path_factory):
 
 def started(config, workdir=None):
   """The state a fresh run of `config` starts from, and its build."""
-  exp = train.build(config, workdir)
+  exp = build_lib.build(config, workdir)
   state = exp.strategy.init(exp.create, exp.abstract_state)
   return (exp.init_from.apply(state) if exp.init_from else state), exp
 
@@ -65,7 +66,7 @@ def test_a_new_head_is_left_fresh_by_ignore_and_the_log_lists_what_happened(sour
   config.init_from = dict(workdir=source)
   with pytest.raises(UserError, match=r"init_from: params/head/bias has shape \[5\] in the new model but "
                                       r"\[10\] in .*checkpoints/30; leave it fresh with init_from.ignore"):
-    train.build(config)
+    build_lib.build(config)
   config.init_from.ignore = ("params/head/",)
   with caplog.at_level(logging.INFO):
     state, exp = started(config)
@@ -121,7 +122,7 @@ def test_init_from_mistakes_are_one_line(source, tmp_path):
     config = tiny_config(cnn=True)
     config.init_from = init_from
     with pytest.raises(UserError, match=message):
-      train.build(config)
+      build_lib.build(config)
 
   fails(r"init_from.workdir=.*nowhere holds no checkpoints/", workdir=str(tmp_path / "nowhere"))
   fails(r"init_from.step: .* has no checkpoint at step 15; it has 10, 20, 30", workdir=source, step=15)
@@ -140,7 +141,7 @@ def test_init_from_mistakes_are_one_line(source, tmp_path):
 @pytest.mark.parametrize("scan", [False, True])
 def test_a_language_model_starts_from_a_hugging_face_directory(tfds_dir, corpus, tmp_path, scan):
   hf = hf_dirs.make(str(tmp_path / "hf"), "gqa_tied")
-  kwargs, _ = hf_llama.read_config(hf)
+  _, kwargs, _ = hf_lib.read_config(hf)
   config = tiny_lm(corpus)
   config.input.data.tokenizer.vocab_size = 300  # At most the model's 320 ids.
   config.model = dict(name="llama", scan_layers=scan, **{k: v for k, v in kwargs.items() if k != "rope_scaling"})
@@ -162,3 +163,15 @@ def test_a_language_model_starts_from_a_hugging_face_directory(tfds_dir, corpus,
   else:
     _, exp = started(config)
     assert "params/layers_1/mlp/up_proj/kernel" in exp.init_from.unused
+
+
+def test_a_relative_init_from_workdir_works_as_the_docs_write_it(source, tmp_path, monkeypatch):
+  """`--config.init_from.workdir=runs/code_lm`: a path relative to where the command runs.
+  Orbax reads no metadata through a relative path (it crashed with AttributeError)."""
+  shutil.copytree(source, tmp_path / "runs" / "source")
+  monkeypatch.chdir(tmp_path)
+  config = tiny_config(cnn=True)
+  config.init_from = dict(workdir="runs/source", step=20)
+  state, exp = started(config)
+  assert exp.init_from.source.what == f"{tmp_path}/runs/source step 20"
+  np.testing.assert_array_equal(flat(state.params)["Conv_0/kernel"], flat(read_checkpoint(source, 20)["params"])["Conv_0/kernel"])

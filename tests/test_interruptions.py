@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, read_checkpoint
-from jaxtrain.checkpoints import faults as checkpoint_faults
+from jaxtrain.rundir import layout
 from jaxtrain.rundir import storage
 
 DIGITS = os.path.join(ROOT, "experiments", "digits.py")
@@ -107,7 +107,7 @@ def preempt(workdir, after_step=110):
   [message] = [line for line in stderr.splitlines() if "preempted (SIGTERM)" in line]
   step = int(message.split("at step ")[1].split(";")[0])
   assert step >= after_step
-  assert checkpoint_faults.newest_complete_step(os.path.join(workdir, "checkpoints")) == step
+  assert layout.newest_complete_step(workdir) == step
   return step
 
 

@@ -16,7 +16,14 @@ import pytest
 from conftest import ROOT, read_checkpoint, tiny_lm
 from jaxtrain import data
 from jaxtrain import train
+from jaxtrain.training import build as build_lib
 from jaxtrain.config import Reader
+from jaxtrain.data import tokenizers
+from jaxtrain.evals import harness as harness_lib
+from jaxtrain.evals import lm_tasks
+from jaxtrain.lm import language_model as lm_lib
+from jaxtrain.models.llama import Llama
+from test_tokenizers import BPE_CHAT, chat_bpe, sentencepiece, transformers_ids
 
 TINY_LM = os.path.join(ROOT, "tests", "tiny_lm.py")
 
@@ -55,7 +62,67 @@ def test_a_model_smaller_than_the_tokenizer_is_refused(tfds_dir, corpus):
   c.model.vocab_size = 300
   with pytest.raises(Exception, match=r"model.vocab_size=300 is smaller than the tokenizer's 384 ids; "
                                       r"set model.vocab_size=384"):
-    train.build(c)
+    build_lib.build(c)
+
+
+
+# ---- Prompts: BOS and special tokens as transformers encodes them ---------------------------
+
+
+def lm_with(directory):
+  """An LM of random weights with the tokenizer in `directory`."""
+  module = Llama(vocab_size=384, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64)
+  variables = module.init(jax.random.key(0), jax.numpy.zeros((1, 8), jax.numpy.int32), train=False)
+  return lm_lib.LM(module, variables, tokenizers.load(directory), 128, directory)
+
+
+def fed(lm, prompt, **kwargs):
+  """The prompt ids `lm.generate(prompt)` hands the sampler."""
+  seen, generate = [], lm.sampler.generate
+  lm.sampler.generate = lambda prompts, *a, **k: seen.extend(prompts) or generate(prompts, *a, **k)
+  lm.generate(prompt, max_new_tokens=2, **kwargs)
+  lm.sampler.generate = generate
+  return seen[0]
+
+
+def test_generate_puts_bos_first_only_where_the_tokenizer_does(tmp_path):
+  """SmolLM2's tokenizer.json adds no BOS, Llama 3's (a TemplateProcessing) does, Llama 2's
+  tokenizer.model does (transformers' LlamaTokenizer): the ids transformers' generate gets."""
+  prompt = "def add(a, b):"
+  smol = chat_bpe(str(tmp_path / "smol"))
+  llama3 = chat_bpe(str(tmp_path / "llama3"), bos_first=True)
+  llama2 = lm_with(sentencepiece(str(tmp_path / "llama2")))
+  assert transformers_ids(smol, prompt)[0] != 1 and transformers_ids(llama3, prompt)[0] == 1
+  assert fed(lm_with(smol), prompt) == transformers_ids(smol, prompt)
+  assert fed(lm_with(llama3), prompt) == transformers_ids(llama3, prompt)
+  assert fed(llama2, prompt) == [1] + llama2.tokenizer.encode(prompt)
+  assert fed(lm_with(smol), prompt, add_bos=True) == [1] + transformers_ids(smol, prompt)
+  assert fed(llama2, prompt, add_bos=False) == llama2.tokenizer.encode(prompt)
+
+
+def test_generate_encodes_chat_tokens_in_a_prompt_as_their_ids(tmp_path):
+  smol = chat_bpe(str(tmp_path / "smol"))
+  lm = lm_with(smol)
+  ids = fed(lm, BPE_CHAT)
+  assert ids == transformers_ids(smol, BPE_CHAT)
+  assert ids.count(lm.tokenizer.encode("<|im_start|>", special_tokens=True)[0]) == 3
+  assert len(lm.tokenizer.encode(BPE_CHAT)) > len(ids) + 6  # Spelled out, each marker is several tokens.
+  assert fed(lm, BPE_CHAT, special_tokens=False) == lm.tokenizer.encode(BPE_CHAT)  # Text you do not trust.
+
+
+def test_lm_eval_contexts_and_continuations_parse_special_tokens(tmp_path):
+  smol = chat_bpe(str(tmp_path / "smol"))
+  lm = lm_with(smol)
+  harness = harness_lib.Harness(lm.module, lm.strategy, lm.variables, lm.tokenizer, lm.context_length)
+  choices = ["It is 6.<|im_end|>", "It is 5.<|im_end|>"]
+  mc = harness.prepare(lm_tasks.Task("mc", lm_tasks.MULTIPLE_CHOICE, [{"query": BPE_CHAT, "choices": choices,
+                                                                       "gold": 0}], target_delimiter=""), 0)
+  # The context's trailing newline moves to the continuation, as the harness does.
+  assert [c + t for c, t in mc.pairs] == [transformers_ids(smol, BPE_CHAT + c) for c in choices]
+  assert [t[-1] for _, t in mc.pairs] == [lm.tokenizer.encode("<|im_end|>", special_tokens=True)[0]] * 2
+  gen = harness.prepare(lm_tasks.Task("gen", lm_tasks.GENERATION, [{"query": BPE_CHAT, "answer": "6"}],
+                                      max_gen_toks=8), 0)
+  assert gen.prompts == [transformers_ids(smol, BPE_CHAT)]
 
 
 # ---- Resume and devices (slow: separate processes) ------------------------------------------

@@ -18,6 +18,7 @@ import hf_dirs
 from conftest import ROOT, tiny_lm
 from jaxtrain.lm import language_model as lm_lib
 from jaxtrain import train
+from jaxtrain.training import build as build_lib
 from jaxtrain.config import duration
 from jaxtrain.errors import UserError
 from jaxtrain.evals import harness as harness_lib
@@ -136,6 +137,41 @@ def test_task_mistakes_name_the_file_and_the_line(tmp_path):
     lm_tasks.load(tmp_path / "missing.jsonl")
 
 
+@pytest.mark.parametrize("key, template, field", [
+    ("query", "Review: {text.upper}\nSentiment:", "text.upper"),
+    ("query", "{text.__class__.__init__.__globals__}", "text.__class__.__init__.__globals__"),
+    ("query", "Review: {words[0]}", "words[0]"),
+    ("query", "Review: {text!r}", "text!r"),
+    ("query", "Review: {text:>{width.real}}", "width.real"),
+    ("query", "Review: {}", ""),
+    ("query", "Review: {0}", "0"),
+    ("answer", "{label.bit_length}", "label.bit_length"),
+])
+def test_a_template_that_reaches_past_plain_fields_is_refused_at_load(key, template, field, tmp_path):
+  """str.format would render a bound method, or reach a field's attributes and items: a
+  template names fields of the document, each maybe with a format spec, nothing more."""
+  write_jsonl(tmp_path / "reviews.jsonl", [{"text": "ok", "words": ["ok"], "label": 1, "width": 5}])
+  spec = {"docs": "reviews.jsonl", "query": "{text}", "choices": ["negative", "positive"], "gold": "label"}
+  (tmp_path / "reviews.json").write_text(json.dumps(dict(spec, **{key: template})))
+  with pytest.raises(UserError) as e:
+    lm_tasks.load(tmp_path / "reviews.json")
+  assert str(e.value) == (f"task spec {tmp_path / 'reviews.json'}: the {key} template {template!r} has field "
+                          f"{{{field}}}: use plain fields of the document, e.g. {{text}} or {{text:>5}} (no "
+                          f"attributes, indexing, conversions or positions)")
+
+
+def test_templates_with_format_specs_render_and_a_spec_a_value_refuses_is_one_line(tmp_path):
+  write_jsonl(tmp_path / "reviews.jsonl", [{"text": "ok", "label": 1, "width": 5, "words": ["a"]}])
+  spec = {"docs": "reviews.jsonl", "query": "[{text:>{width}}] {label:03d}", "answer": "{text:.1}"}
+  (tmp_path / "reviews.json").write_text(json.dumps(spec))
+  task = lm_tasks.load(tmp_path / "reviews.json")
+  assert task.docs == [{"query": "[   ok] 001", "answer": "o"}]
+  (tmp_path / "reviews.json").write_text(json.dumps(dict(spec, query="{words:>5}")))
+  with pytest.raises(UserError, match=r"reviews.jsonl, line 1: cannot render the query template '\{words:>5\}': "
+                                      r"unsupported format string passed to list.__format__$"):
+    lm_tasks.load(tmp_path / "reviews.json")
+
+
 def test_the_command_names_each_mistake_in_one_line_and_writes_nothing(model, tmp_path):
   out = tmp_path / "out"
   good = write_jsonl(tmp_path / "good.jsonl", MC)
@@ -202,7 +238,7 @@ def test_a_generation_evaluator_needs_a_generation_task(tfds_dir, corpus, tmp_pa
   config = tiny_lm(corpus)
   config.evals.gen = dict(type="generation", task=write_jsonl(tmp_path / "mc.jsonl", MC))
   with pytest.raises(UserError, match=r"mc holds multiple_choice documents; use type='multiple_choice'"):
-    train.build(config)
+    build_lib.build(config)
 
 
 @pytest.mark.slow

@@ -17,22 +17,26 @@ import pytest
 
 import hf_dirs
 from conftest import ROOT, read_checkpoint, tiny_lm
-from jaxtrain.lm import hf_peft as export_lib
-from jaxtrain.lm import hf_llama
+from jaxtrain.lm import export as export_lib
+from jaxtrain.lm import families
+from jaxtrain.lm import peft
+from jaxtrain.lm import hf as hf_lib
 from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.models import lora
 from jaxtrain import models
 from jaxtrain.config import Reader
 from jaxtrain import train
+from jaxtrain.training import build as build_lib
 from jaxtrain.errors import UserError
 
+LLAMA = families.for_model("llama", "the tests")
 VARIANT = "untied_llama3"  # An lm_head to adapt too.
 TARGETS = ("q_proj", "v_proj", "mlp/down_proj", "lm_head", "layers_1/self_attn/k_proj")  # The last: one layer.
 
 
 def lora_config(corpus, hf, scan=False, **lora_kwargs):
   """tests/tiny_lm.py fine-tuning the HF directory `hf` with LoRA for 10 steps."""
-  kwargs, _ = hf_llama.read_config(hf)
+  _, kwargs, _ = hf_lib.read_config(hf)
   config = tiny_lm(corpus)
   config.total_steps = 10
   config.evals.val.every_steps = 10
@@ -62,7 +66,7 @@ def run(tfds_dir, corpus, hf, tmp_path_factory):
 
 
 def started(config):
-  exp = train.build(config)
+  exp = build_lib.build(config)
   state = exp.strategy.init(exp.create, exp.abstract_state)
   return exp.init_from.apply(state), exp
 
@@ -179,7 +183,7 @@ def test_export_peft_writes_peft_names_and_reads_back(run, hf, tmp_path):
   assert tensors["base_model.model.model.layers.1.self_attn.k_proj.lora_B.weight"].shape == (64, 4)
   assert len(tensors) == 2 * (3 * 3 + 1 + 1)
   _, params = lm_lib.load(run).lora
-  back = flat(export_lib.read_peft(out, jax.device_get(params)))
+  back = flat(peft.read_peft(out, LLAMA, jax.device_get(params)))
   for name, value in flat(params).items():
     np.testing.assert_array_equal(back[name], value, err_msg=name)
 
@@ -209,7 +213,7 @@ REFERENCE = os.path.join(ROOT, "tests", "data")
 
 def lora_llama(hf, scan=False, targets=TARGETS):
   """A LoRA Llama of the HF directory `hf`'s shape, and its params: the directory's, adapters freshly initialised."""
-  kwargs, _ = hf_llama.read_config(hf)
+  _, kwargs, _ = hf_lib.read_config(hf)
   lora_config_ = dict(rank=4, alpha=8.0, dropout=0.1, targets=targets)
   section = Reader(ml_collections.ConfigDict({"lora": lora_config_})).section("lora")
   module = lora.wrap(section, models.llama.Llama(**kwargs, scan_layers=scan), lm_lib.EXAMPLE)
@@ -228,7 +232,7 @@ def test_the_committed_peft_adapter_gives_peft_logits(tmp_path):
   """tests/data/peft_adapter (a jaxtrain fine-tune, exported) on its base, as peft computed it."""
   hf = hf_dirs.make(str(tmp_path / "base"), VARIANT)
   module, params = lora_llama(hf)
-  params = export_lib.read_peft(os.path.join(REFERENCE, "peft_adapter"), params)
+  params = peft.read_peft(os.path.join(REFERENCE, "peft_adapter"), LLAMA, params)
   want = np.load(os.path.join(REFERENCE, "peft_logits.npz"))["logits"]
   got = np.asarray(module.apply({"params": params}, hf_dirs.TOKENS, train=False)[0])
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
@@ -236,7 +240,7 @@ def test_the_committed_peft_adapter_gives_peft_logits(tmp_path):
   np.testing.assert_allclose(np.asarray(merged), want, atol=1e-4, rtol=0)
   assert np.abs(want - lm_lib.load(hf).logits(hf_dirs.TOKENS)).max() > 1e-2  # The adapter matters.
   with open(os.path.join(REFERENCE, "peft_adapter", "adapter_config.json"), encoding="utf-8") as f:
-    assert json.load(f) == export_lib.adapter_config(module.base, module.spec)  # Written as export writes it.
+    assert json.load(f) == peft.adapter_config(LLAMA, module.base, lm_lib.EXAMPLE, module.spec)  # Written as export writes it.
 
 
 def test_scanned_layers_export_the_same_peft_tensors(tmp_path):
@@ -246,8 +250,8 @@ def test_scanned_layers_export_the_same_peft_tensors(tmp_path):
   scanned, _ = lora_llama(hf, scan=True, targets=TARGETS[:-1])
   stacked = {**{k: v for k, v in params.items() if not k.startswith("layers_")},
              "layers": jax.tree.map(lambda *x: np.stack(x), *[params[f"layers_{i}"] for i in range(3)])}
-  want = export_lib.peft_tensors(module.spec, params)
-  got = export_lib.peft_tensors(scanned.spec, stacked)
+  want = peft.peft_tensors(LLAMA, module.spec, params)
+  got = peft.peft_tensors(LLAMA, scanned.spec, stacked)
   assert sorted(got) == sorted(want)
   for name, value in want.items():
     np.testing.assert_array_equal(got[name], value, err_msg=name)

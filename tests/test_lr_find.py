@@ -175,7 +175,7 @@ def no_build(*args, **kwargs):
 
 
 def test_a_plot_inside_the_work_directory_is_refused_before_anything(finished, tmp_path, monkeypatch):
-  monkeypatch.setattr(lr_find.train, "build", no_build)
+  monkeypatch.setattr(lr_find.build_lib, "build", no_build)
   workdir, before = finished
   for out in (os.path.join(workdir, "lr.png"), os.path.join(workdir, "plots", "lr.png"), workdir + "/./x/../lr.png"):
     with pytest.raises(UserError) as e:
@@ -200,7 +200,7 @@ def test_a_plot_inside_the_work_directory_is_refused_before_anything(finished, t
                                    "another path"),
 ])
 def test_argument_mistakes_are_one_line_before_anything(kwargs, message, tmp_path, monkeypatch):
-  monkeypatch.setattr(lr_find.train, "build", no_build)
+  monkeypatch.setattr(lr_find.build_lib, "build", no_build)
   monkeypatch.chdir(tmp_path)
   with pytest.raises(UserError) as e:
     lr_find.run(tiny_config(), str(tmp_path / "run"), **kwargs)

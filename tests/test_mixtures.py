@@ -225,6 +225,20 @@ def test_bad_mixtures_fail_with_one_line(name, section, message):
   assert message in text, text
 
 
+def test_an_empty_text_source_is_refused_naming_it_before_anything_is_made(tmp_path):
+  good, empty = tmp_path / "good.txt", tmp_path / "empty.txt"
+  good.write_text("some text to train a tokenizer on\n" * 50, encoding="utf-8")
+  empty.write_bytes(b"")
+  section = dict(split="train", seq_len=16, tokenizer=dict(kind="bpe", vocab_size=300), format="text",
+                 validation_fraction=0.0, data_dir=str(tmp_path / "data"),
+                 mixture=dict(new=dict(files=str(good), weight=0.8), old=dict(files=str(empty), weight=0.2)))
+  with pytest.raises(UserError) as error:
+    data.open_from_config(Reader({"input": {"data": section}}).input.data)
+  assert str(error.value) == (f"config key 'input.data.mixture.old.files': {empty} is empty; put text in it, or "
+                              f"leave it out")
+  assert not os.path.exists(tmp_path / "data")  # Refused before the main source's tokenizer was trained.
+
+
 def test_features_must_agree():
   cfg = Reader({"input": {"data": {"mixture": {"a": {"weight": 1.0}, "b": {"weight": 1.0}}}}})
   opened = iter([TaggedSource(5, 0, width=3), TaggedSource(5, 1, width=4)])

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, read_checkpoint
-from jaxtrain.checkpoints import checkpointer as checkpoint
+from jaxtrain.rundir import layout
 from jaxtrain.rundir import peers
 from test_interruptions import ARGS, TOTAL, assert_same_run, rows, wait_for_step
 
@@ -149,7 +149,7 @@ def test_a_killed_process_stops_the_other_at_once_in_one_line_and_running_both_a
     processes[1].wait()
   assert took < 20, f"the survivor took {took:.1f} s"
   assert processes[0].returncode == peers.EXIT_STATUS, stderr[-3000:]
-  newest = checkpoint.newest_complete_step(os.path.join(workdir, "checkpoints"))
+  newest = layout.newest_complete_step(workdir)
   assert newest is not None and newest >= 25
   [line] = [line for line in stderr.splitlines() if line.startswith("error:")]
   assert line.startswith("error: lost a peer process of this 2-process run (")

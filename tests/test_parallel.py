@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import read_checkpoint
-from jaxtrain.training import parallel
+from jaxtrain import parallel
 from jaxtrain import train
 from jaxtrain.config import Reader
 from jaxtrain.errors import UserError
@@ -47,12 +47,13 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 sys.path.insert(0, {tests!r})
 import jax, numpy as np
 from jaxtrain import train
+from jaxtrain.training import build as build_lib
 from test_parallel import VARIANTS, config_for
 assert jax.device_count() == 8
 report = {{}}
 for name, variant in VARIANTS.items():
   train.run(config_for(variant), os.path.join({root!r}, name))
-  exp = train.build(config_for(variant, hidden=(256, 256)))
+  exp = build_lib.build(config_for(variant, hidden=(256, 256)))
   state = exp.strategy.init(exp.create, exp.abstract_state)
   on_device_0 = sum(s.data.nbytes for x in jax.tree.leaves(state) for s in x.addressable_shards
                     if s.device == jax.devices()[0])

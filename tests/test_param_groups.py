@@ -21,6 +21,7 @@ from jaxtrain.training import optim
 from jaxtrain import paths
 from jaxtrain import tasks
 from jaxtrain import train
+from jaxtrain.training import build as build_lib
 from jaxtrain import step as step_lib
 from jaxtrain.config import Reader
 from jaxtrain.errors import UserError
@@ -232,7 +233,7 @@ def frozen_config(**parallel):
 
 
 def initial_params(config):
-  exp = train.build(config)
+  exp = build_lib.build(config)
   return jax.device_get(exp.strategy.init(exp.create, exp.abstract_state).params)
 
 

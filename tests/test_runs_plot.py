@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from jaxtrain import config as config_lib
 from jaxtrain import plot
 from jaxtrain import runs
 from jaxtrain import train
@@ -108,7 +109,7 @@ def test_differing_config_and_legend_labels(two_runs, tmp_path):
   loaded = [runs.load(p) for p in two_runs]
   assert runs.differing_config(loaded) == {"optimizer.lr": list(LRS)}
   assert runs.labels(loaded) == ["optimizer.lr=0.003", "optimizer.lr=0.0003"]
-  assert runs.flatten({"a": {"b": [1, 2], "c": {}}, "d": None}) == {"a.b": [1, 2], "a.c": {}, "d": None}
+  assert config_lib.flatten({"a": {"b": [1, 2], "c": {}}, "d": None}) == {"a.b": [1, 2], "a.c": {}, "d": None}
   same = [runs.load(write_run(tmp_path / name, [{"step": 1, "train/loss": 1.0}])) for name in ("x", "y")]
   assert runs.differing_config(same) == {} and runs.labels(same) == ["x", "y"]
   other = runs.load(write_run(tmp_path / "z", [{"step": 1, "train/loss": 1.0}], {"input": {"batch_size": 8}}))
@@ -169,6 +170,36 @@ def test_runs_mistakes_are_one_line(two_runs, tmp_path, capsys):
       "error: --metrics is empty: name one or more metrics, comma-separated")
   assert fails(runs.main, [], capsys) == "error: the following arguments are required: RUN"
   assert fails(runs.main, [good, "--metric=x"], capsys) == "error: unrecognized arguments: --metric=x"
+
+
+def test_a_binary_line_is_named_and_no_control_character_is_printed(tmp_path, capsys):
+  """A garbage line (terminal escapes, bytes that are not UTF-8) is shown escaped, not sent
+  to the terminal; so are control characters inside a JSON line that is not a row."""
+  garbage = write_run(tmp_path / "garbage", [{"step": 1, "train/loss": 1.0}],
+                      tail='\x1b]0;owned\x07\x1b[2J\x00{"step": 2}\n{"step": 3}\n')
+  assert fails(runs.main, [garbage], capsys) == (
+      f"error: {garbage}/metrics.jsonl:2: not a JSON line (Expecting value at column 1): "
+      "\\x1b]0;owned\\x07\\x1b[2J\\x00{\"step\": 2}")
+  binary = write_run(tmp_path / "binary", [{"step": 1, "train/loss": 1.0}])
+  with open(os.path.join(binary, "metrics.jsonl"), "ab") as f:
+    f.write(b"\x89PNG\r\x1a\x1b[31m\xff\n" + b"\x07" * 100 + b'\n{"step": 3}\n')
+  assert fails(runs.main, [binary], capsys) == (
+      f"error: {binary}/metrics.jsonl:2: not a JSON line (not UTF-8): \\x89PNG\\r\\x1a\\x1b[31m\\xff")
+  c1 = write_run(tmp_path / "c1", [{"step": 1, "train/loss": 1.0}], tail='"\x9b2J\u2028"\n')
+  assert fails(runs.main, [c1], capsys) == (
+      f'error: {c1}/metrics.jsonl:2: a row is a JSON object with an integer "step": "\\x9b2J\\u2028"')
+
+
+def test_the_table_escapes_control_characters_of_names_and_values(tmp_path, capsys):
+  rows = [{"step": 1, "train/loss": 1.0, "val/\x1b[2Jx": 0.5}]
+  first = write_run(tmp_path / "a", rows, {"name": "\x1b]0;owned\x07"})
+  second = write_run(tmp_path / "b", rows, {"name": "plain"})
+  runs.main([first, second])
+  header, table_rows = parse_table(capsys.readouterr().out)
+  assert header[:5] == ["run", "name", "train/loss final", "train/loss best", "val/\\x1b[2Jx final"]
+  assert [row[1] for row in table_rows] == ["\\x1b]0;owned\\x07", "plain"]
+  assert fails(runs.main, [first, "--metrics=zzz"], capsys) == (
+      f"error: {first} has no metric 'zzz'; metrics: train/loss, val/\\x1b[2Jx")
 
 
 def test_smoothing_is_tensorboards_debiased_moving_average():

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from jaxtrain.lm import sampling
+from jaxtrain.data import tokenizers
 from jaxtrain.errors import UserError
 from jaxtrain.models.llama import Llama
+from test_tokenizers import CHAT, CHAT_AS_TOKENS, word_level
 
 PROMPTS = [[1, 5, 9, 3, 4], [1, 7], list(range(1, 14))]
 
@@ -86,11 +88,12 @@ def test_choose_keeps_to_top_k_and_top_p():
 
 
 class CharTokenizer:
-  """One id per character (ids 3..), bos 1, eos 2: enough for `complete`."""
+  """One id per character (ids 3..), bos 1 (put first, as a SentencePiece model's), eos 2:
+  enough for `complete`."""
 
-  bos_id, eos_id, pad_id, vocab_size = 1, 2, 0, 97
+  bos_id, eos_id, pad_id, vocab_size, adds_bos = 1, 2, 0, 97, True
 
-  def encode(self, text):
+  def encode(self, text, special_tokens=False):  # pylint: disable=unused-argument
     return [3 + (ord(c) % 94) for c in text]
 
   def decode(self, ids):
@@ -110,6 +113,18 @@ def test_complete_cuts_before_a_stop_string_and_checks_the_context():
     sampling.complete(sampler, tok, ["a", "b" * 63], context_length=64)
   # A completion that would run past the context is shortened to fit.
   assert len(sampling.complete(sampler, tok, ["x" * 50], context_length=64, max_new_tokens=40)[0]) == 13
+
+
+def test_prompt_ids_put_bos_first_as_the_tokenizer_does_and_parse_special_tokens(tmp_path):
+  """A tokenizer.json without a post-processor (SmolLM2's) adds no BOS, one with a
+  TemplateProcessing (Llama's) does; add_bos=True/False overrides either."""
+  plain = tokenizers.load(word_level(tmp_path / "plain"))
+  llama = tokenizers.load(word_level(tmp_path / "llama", bos_first=True))
+  assert sampling.prompt_ids(plain, [CHAT], 64) == [CHAT_AS_TOKENS]
+  assert sampling.prompt_ids(llama, [CHAT], 64) == [[1] + CHAT_AS_TOKENS]
+  assert sampling.prompt_ids(plain, [CHAT], 64, add_bos=True) == [[1] + CHAT_AS_TOKENS]
+  assert sampling.prompt_ids(llama, [CHAT], 64, add_bos=False) == [CHAT_AS_TOKENS]
+  assert sampling.prompt_ids(plain, [CHAT], 64, special_tokens=False) == [plain.encode(CHAT)]  # Untrusted text.
 
 
 def test_bad_sampling_settings_are_one_line():

@@ -10,7 +10,7 @@ import pytest
 
 from jaxtrain import models
 from jaxtrain.training import optim
-from jaxtrain.training import parallel
+from jaxtrain import parallel
 from jaxtrain import tasks
 from jaxtrain import step as step_lib
 from jaxtrain.config import Reader

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+from jaxtrain import runs
 from jaxtrain.rundir import metrics
 from jaxtrain.rundir import storage
 from jaxtrain import train
@@ -145,3 +146,48 @@ def test_without_gcsfs_a_bucket_work_directory_is_one_line(monkeypatch):
       storage.check_bucket("gs://some-bucket/run")
   finally:
     storage.gcs.cache_clear()
+
+
+def no_network(*args, **kwargs):
+  raise AssertionError("Cloud Storage was reached")
+
+
+RULES = ("fix it (Cloud Storage bucket names are 3-63 characters of lowercase letters, digits, '-', '_' and '.', "
+         "starting and ending with a letter or digit; with dots, up to 222, each part between dots at most 63)")
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("jt", "it is shorter than 3 characters"),
+    ("JT-runs", "'J' is not allowed"),
+    ("my bucket", "' ' is not allowed"),
+    ("-jt-runs", "it must start and end with a letter or digit"),
+    ("jt-runs_", "it must start and end with a letter or digit"),
+    ("a" * 64, "it is longer than 63 characters"),
+    ("a." + "b" * 64, "a part between dots is longer than 63 characters"),
+    (".".join(["a" * 60] * 4), "it is longer than 222 characters"),
+])
+def test_an_invalid_bucket_name_is_one_line_before_any_network(name, problem, monkeypatch):
+  """TensorStore would end in a traceback: refused at start-up, no emulator needed, nothing reached."""
+  monkeypatch.setattr(storage, "client", no_network)
+  monkeypatch.setattr(storage, "gcs", no_network)
+  with pytest.raises(UserError) as e:
+    train.run(tiny_config(), f"gs://{name}/run")
+  assert str(e.value) == f"--workdir=gs://{name}/run: bucket name {name!r} is invalid: {problem}; {RULES}"
+
+
+def test_every_gs_path_has_its_bucket_name_checked(monkeypatch, capsys):
+  """Not only work directories: whatever names a gs:// path (a run to compare, a model to
+  load, a file to read) is refused before Cloud Storage is reached; good names pass."""
+  monkeypatch.setattr(storage, "client", no_network)
+  monkeypatch.setattr(storage, "gcs", no_network)
+  for call in (storage.exists, storage.isdir, storage.read_text, storage.absolute):
+    with pytest.raises(UserError, match=r"^gs://jt/run/x: bucket name 'jt' is invalid: it is shorter than 3 "):
+      call("gs://jt/run/x")
+  with pytest.raises(SystemExit) as exit_info:
+    runs.main(["gs://Runs/d1"])
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err == f"error: gs://Runs/d1: bucket name 'Runs' is invalid: 'R' is not allowed; {RULES}\n"
+  for good in ("abc", "a" * 63, "my-bucket_2", "www.example.com", ".".join(["a" * 63] * 3 + ["b" * 30])):
+    assert storage.absolute(f"gs://{good}/run/") == f"gs://{good}/run"
+  with pytest.raises(UserError, match=r"^--workdir=gs:///run names no bucket; give gs://BUCKET/PATH$"):
+    storage.one_spelling("gs:///run")

@@ -223,6 +223,9 @@ def test_print_commands_prints_the_runs_and_writes_nothing(tmp_path, capsys):
     (["--sweep=seed=0,1.5"], "--sweep=seed=0,1.5: '1.5' is not of type int, the type of 'seed' in the config"),
     (["--sweep=seed=0,1,0"], "--sweep=seed=0,1,0: 0 and 0 are the same value: give each once"),
     (["--sweep=seed=0,,1"], "--sweep=seed=0,,1: an empty value in the list; separate values with ',' (or ';' alone)"),
+    (["--sweep=seed=0,1,"], "--sweep=seed=0,1,: an empty value in the list; separate values with ',' (or ';' alone)"),
+    (["--sweep=model.hidden=(8,),(16,),"], "--sweep=model.hidden=(8,),(16,),: an empty value in the list; separate "
+     "values with ',' (or ';' alone)"),
     (["--sweep=seed"], "--sweep=seed: write KEY=V1,V2,... (e.g. --sweep=optimizer.lr=1e-4,3e-4)"),
     (["--sweep=optimizer=1"], "--sweep=optimizer=1: 'optimizer' is a section: give one of optimizer.grad_clip_norm, "
      "optimizer.lr, optimizer.name, optimizer.weight_decay"),
@@ -253,6 +256,38 @@ def test_a_bucket_as_the_sweeps_directory_is_one_line(capsys):
   assert exit_info.value.code == 2
   assert capsys.readouterr().err == ("error: --workdir=gs://b/sweep: a sweep's directory must be on a disk (its logs "
                                      "and table are files there); give a local or shared path\n")
+
+
+def test_a_sweep_directory_that_cannot_be_made_is_one_line_before_any_run(capsys):
+  """Even root cannot make directories in /proc: refused before a run starts (none is reported)."""
+  with pytest.raises(SystemExit) as exit_info:
+    sweep.main(argv("/proc/jaxtrain/sweep", grid=["--sweep=seed=0,1"]))
+  assert exit_info.value.code == 2
+  out, err = capsys.readouterr()
+  assert out == "" and err == ("error: --workdir=/proc/jaxtrain/sweep: cannot write the sweep's directory (No such "
+                               "file or directory: /proc/jaxtrain); give a writable directory\n")
+
+
+# Root writes a read-only directory unless it drops the capability that lets it.
+AS_NON_ROOT = ["setpriv", "--bounding-set=-dac_override", "--inh-caps=-dac_override"] if os.geteuid() == 0 else []
+
+
+@pytest.mark.skipif(AS_NON_ROOT and not shutil.which("setpriv"), reason="root, and no setpriv to drop its rights")
+def test_a_read_only_sweep_directory_is_one_line_before_the_report(tmp_path):
+  """--report_only reads the runs, then writes sweep.md and sweep.json: refused before it reads."""
+  workdir = tmp_path / "ro"
+  workdir.mkdir()
+  workdir.chmod(0o555)
+  try:
+    result = subprocess.run([*AS_NON_ROOT, sys.executable, "-m", "jaxtrain.sweep", *argv(str(workdir), "--report_only",
+                            grid=["--sweep=seed=0,1"])], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            check=False)
+  finally:
+    workdir.chmod(0o755)
+  assert (result.returncode, result.stdout, result.stderr) == (2, "", (
+      f"error: --workdir={workdir}: cannot write the sweep's directory (Permission denied: "
+      f"{workdir}/sweep.json.partial); give a writable directory\n"))
+  assert os.listdir(workdir) == []
 
 
 def test_another_grid_in_the_same_directory_is_refused(swept, tmp_path, capsys):

@@ -287,6 +287,74 @@ def test_text_files_one_document_each(tmp_path, tokenizer_paths):
   assert [d[0][0] for d in docs] == ["first file\r\nkeeps CRLF\n", "zweite Datei: ö\n", ""]
 
 
+PYC = b"\xa7\r\r\n\x00\x00\x00\x00" + bytes(range(256))  # The head of a .pyc: not text.
+LATIN1_MBOX = (b"From a@example.com Mon Jan  1 00:00:00 2024\nFrom: a@example.com\nSubject: Menu\n"
+               b"Content-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: 8bit\n\n"
+               b"Caf\xe9 cr\xe8me\n")
+
+
+def test_files_that_are_not_text_are_refused_in_one_line_naming_them(tmp_path, tokenizer_paths):
+  big = b"x" * (1 << 20)  # Past the bytes checked at start-up: checked as read, before anything is cached.
+  files = {"empty.txt": b"", "blank.txt": b" \n\t\n", "latin1.txt": "café au lait\n".encode("latin-1"),
+           "module.pyc": PYC, "utf16.txt": "hi\n".encode("utf-16-le"), "late.txt": big + b"\n\xff\n",
+           "latin1.jsonl": '{"text": "café"}\n'.encode("latin-1"),
+           "late.jsonl": b'{"text": "' + big + b'"}\n{"text": "caf\xe9"}\n'}
+  for name, body in files.items():
+    (tmp_path / name).write_bytes(body)
+  key = "config key 'input.data.files'"
+  cases = [
+      ("empty.txt", "text", f"{key}: {tmp_path}/empty.txt is empty; put text in it, or leave it out"),
+      ("blank.txt", "text", f"{key}: {tmp_path}/blank.txt holds only whitespace; put text in it, or leave it out"),
+      ("latin1.txt", "text", f"{key}: {tmp_path}/latin1.txt is not UTF-8 text (byte 0xe9 at offset 3); "
+                             f"re-save it as UTF-8, or leave it out"),
+      ("module.pyc", "text", f"{key}: {tmp_path}/module.pyc is not UTF-8 text (byte 0xa7 at offset 0); "
+                             f"re-save it as UTF-8, or leave it out"),
+      ("utf16.txt", "text", f"{key}: {tmp_path}/utf16.txt is binary, not text (a NUL byte at offset 1); "
+                            f"leave it out"),
+      ("*.pyc", "text", f"{key}: no usable file matches '{tmp_path}/*.pyc': {tmp_path}/module.pyc is not UTF-8 "
+                        f"text (byte 0xa7 at offset 0); re-save it as UTF-8, or leave it out"),
+      ("latin1.jsonl", "jsonl", f"{key}: {tmp_path}/latin1.jsonl is not UTF-8 text (byte 0xe9 at offset 13); "
+                                f"re-save it as UTF-8, or leave it out"),
+      ("late.txt", "text", f"{tmp_path}/late.txt is not UTF-8 text (byte 0xff at offset {len(big) + 1}); "
+                           f"re-save it as UTF-8, or leave it out"),
+      ("late.jsonl", "jsonl", f"{tmp_path}/late.jsonl:2: not UTF-8 text (byte 0xe9 at offset {len(big) + 26}); "
+                              f"re-save it as UTF-8, or leave it out"),
+  ]
+  for name, fmt, message in cases:
+    with pytest.raises(UserError) as info:
+      open_text(format=fmt, files=str(tmp_path / name), split="train", validation_fraction=0.0, seq_len=16,
+                tokenizer=dict(path=tokenizer_paths["bpe"]), data_dir=str(tmp_path / "cache"))
+    assert str(info.value) == message
+  assert not os.path.exists(tmp_path / "cache")  # Refused before anything was packed.
+  # A mailbox is bytes: its messages' charsets (here ISO-8859-1, 8 bit) are decoded, not refused.
+  (tmp_path / "latin1.mbox").write_bytes(LATIN1_MBOX)
+  src = open_text(format="mbox", files=str(tmp_path / "latin1.mbox"), split="train", validation_fraction=0.0,
+                  seq_len=16, tokenizer=dict(path=tokenizer_paths["bpe"]), data_dir=str(tmp_path / "cache"))
+  assert [d[0][0] for d in documents.read("mbox", [str(tmp_path / "latin1.mbox")])] == [
+      "From: a@example.com\nSubject: Menu\n\nCafé crème\n"]
+  assert src.num_documents == 1
+
+
+def test_a_glob_skips_files_that_are_not_text_naming_each_in_a_warning(tmp_path, tokenizer_paths, caplog):
+  notes = tmp_path / "notes"
+  notes.mkdir()
+  (notes / "a.txt").write_text("first note ✓\n", encoding="utf-8")
+  (notes / "b.md").write_text("second\n", encoding="utf-8")
+  (notes / "c.pyc").write_bytes(PYC)
+  (notes / "d.txt").write_bytes(b"")
+  (notes / "e.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+  caplog.set_level("WARNING")
+  src = open_text(format="text", files=[str(notes / "*"), str(notes / "a.txt")], split="train",
+                  validation_fraction=0.0, seq_len=16, tokenizer=dict(path=tokenizer_paths["bpe"]),
+                  data_dir=str(tmp_path / "cache"))
+  assert src.num_documents == 2 and src.num_bytes == len("first note ✓\nsecond\n".encode())
+  key = "config key 'input.data.files'"
+  assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+      f"{key}: skipping {notes}/c.pyc, matched by '{notes}/*': it is not UTF-8 text (byte 0xa7 at offset 0)",
+      f"{key}: skipping {notes}/d.txt, matched by '{notes}/*': it is empty",
+      f"{key}: skipping {notes}/e.png, matched by '{notes}/*': it is not UTF-8 text (byte 0x89 at offset 0)"]
+
+
 def test_tokenizer_is_trained_on_the_train_split_on_first_use(jsonl_files, tmp_path, monkeypatch):
   pattern, docs = jsonl_files
   seen = []

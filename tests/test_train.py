@@ -11,6 +11,8 @@ import pytest
 from conftest import load_experiment, read_checkpoint
 from jaxtrain import evals
 from jaxtrain import train
+from jaxtrain.training import build as build_lib
+from jaxtrain.training import profiling
 from jaxtrain.errors import UserError
 
 
@@ -289,9 +291,9 @@ def test_keep_best_needs_the_metric_at_every_checkpoint(tfds_dir, tmp_path, metr
   c.evals.val.every_steps = evals_every
   if error:
     with pytest.raises(UserError, match=r"checkpoint.best_metric='val/accuracy' is " + error):
-      train.build(c)
+      build_lib.build(c)
   else:
-    train.build(c)
+    build_lib.build(c)
 
 
 @pytest.mark.parametrize("key, change", [("input.batch_size", 16), ("seed", 1)])
@@ -313,3 +315,16 @@ def test_resuming_with_another_batch_size_or_seed_is_refused_and_changes_nothing
     train.run(c, workdir)
   after = {name: open(os.path.join(workdir, name), encoding="utf-8").read() for name in ("metrics.jsonl", "config.json")}
   assert after == before and sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == ["10", "20"]
+
+
+def test_a_host_sync_slipped_into_the_steps_fails_at_once(tfds_dir, tmp_path, monkeypatch):
+  """The loop promises never to wait for the device between logs: its steps run under
+  jax.transfer_guard("disallow"), so an implicit transfer there (here, the profiler hook
+  computing with the step number outside jit) is an error, not a silent stall of every
+  step. On CPU JAX guards host-to-device transfers only (reading a CPU array is no copy);
+  on GPUs and TPUs, `float(state.step)` fails too."""
+  def computes_on_the_host(self, step, state, workdir):  # pylint: disable=unused-argument
+    return state.step + 1  # The 1 goes to the device: a transfer per step.
+  monkeypatch.setattr(profiling.Profile, "at", computes_on_the_host)
+  with pytest.raises(Exception, match=r"Disallowed (device-to-host|host-to-device) transfer"):
+    train.run(tiny_config(), str(tmp_path))

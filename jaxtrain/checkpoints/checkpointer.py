@@ -35,11 +35,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxtrain import config as config_lib
+from jaxtrain import paths
 from jaxtrain.checkpoints import faults
+from jaxtrain.checkpoints.faults import Damaged, RestoreFailed, find_damage
+from jaxtrain.rundir import layout
 from jaxtrain.rundir import peers
 from jaxtrain.rundir import storage
-from jaxtrain.checkpoints.faults import (  # pylint: disable=unused-import  (public here too)
-    Damaged, DiskFull, RestoreFailed, disk_full, disk_full_message, find_damage, newest_complete_step)
 from jaxtrain.errors import UserError, first_line
 
 
@@ -52,7 +53,7 @@ class Checkpointer:
     existing directory to read (evaluation) and changes nothing."""
     self.every_steps = every_steps
     self.best_metric = best_metric if keep_best else None
-    self.directory = os.path.join(storage.absolute(workdir), "checkpoints")
+    self.directory = layout.checkpoints(workdir)
     faults.quiet_orbax_disk_full()
     faults.quiet_orbax_leftovers()
     self._pinned = _Pinned()  # See keep_also.
@@ -190,6 +191,41 @@ class Checkpointer:
                       f"this config's model?") from e
     return {"params": restored["params"], **restored["rest"]["model_state"]}
 
+  def variable_shapes(self, step):
+    """{'params/...' or 'batch_stats/...': shape} of the model variables saved at `step`,
+    from its metadata alone (fine-tuning matches them by name before reading any)."""
+    shapes = {}
+    for item in ("params", "rest"):
+      path = f"{self.directory}/{step}/{item}"
+      try:
+        metadata = ocp.StandardCheckpointer().metadata(path).item_metadata
+      except Exception as e:  # pylint: disable=broad-except  (any unreadable checkpoint: one line)
+        raise UserError(f"cannot read the metadata of {path}: {first_line(e)}") from None
+      tree = metadata.tree if hasattr(metadata, "tree") else metadata
+      if item == "rest":
+        tree = tree.get("model_state", {})
+      shapes.update({_variable_name(item, name): tuple(leaf.shape) for name, leaf in paths.named_leaves(tree)})
+    return shapes
+
+  def restore_named(self, step, targets):
+    """{name: array} of checkpoint `step` for {name: ShapeDtypeStruct with a sharding}, names
+    as `variable_shapes` gives them: a partial restore, nothing else read."""
+    items = {}  # Checkpoint item ('params' or 'rest') -> the partial tree to restore.
+    for name, target in targets.items():
+      keys = name.split("/")
+      item, keys = ("params", keys[1:]) if keys[0] == "params" else ("rest", ["model_state"] + keys)
+      tree = items.setdefault(item, {})
+      for key in keys[:-1]:
+        tree = tree.setdefault(key, {})
+      tree[keys[-1]] = target
+    restored = {}
+    with ocp.PyTreeCheckpointer() as reader:
+      for item, tree in items.items():
+        got = reader.restore(f"{self.directory}/{step}/{item}", args=ocp.args.PyTreeRestore(
+            item=tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree), partial_restore=True))
+        restored.update({_variable_name(item, name): leaf for name, leaf in paths.named_leaves(got)})
+    return restored
+
   def all_steps(self):
     return sorted(self._manager.all_steps())
 
@@ -204,7 +240,7 @@ class Checkpointer:
 
   @property
   def _aside(self):
-    return os.path.join(os.path.dirname(self.directory), "checkpoints_set_aside")
+    return os.path.join(os.path.dirname(self.directory), layout.SET_ASIDE)
 
   def _move_aside(self, steps):
     """To `checkpoints_set_aside/<step>`: still there to look at, no longer resumed from."""
@@ -337,10 +373,12 @@ def _mismatches(saved, wanted):
 
 def _shapes(tree):
   """{'params/Dense_0/kernel': 'float32[64,256]'}, whatever the containers (dict, dataclass, tuple)."""
-  def name(key):
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        return str(getattr(key, attr))
-    return str(key)
-  return {"/".join(name(k) for k in path): f"{leaf.dtype}[{','.join(map(str, leaf.shape))}]"
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  return {name: f"{leaf.dtype}[{','.join(map(str, leaf.shape))}]" for name, leaf in paths.named_leaves(tree)}
+
+
+def _variable_name(item, name):
+  """'params/Conv_0/kernel' for item 'params'; 'batch_stats/BatchNorm_0/mean' for a
+  model_state array of item 'rest' (whose paths start at the collection)."""
+  if item == "params":
+    return f"params/{name}"
+  return name[len("model_state/"):] if name.startswith("model_state/") else name

@@ -19,9 +19,9 @@ import traceback
 
 import tensorstore as ts
 
-from jaxtrain.rundir import peers
+from jaxtrain.rundir import layout
 from jaxtrain.rundir import storage
-from jaxtrain.errors import UserError, first_line
+from jaxtrain.errors import UserError, chain, first_line
 
 ARRAY_ITEMS = ("params", "opt_state", "rest")  # The array items of a saved step (see checkpoint.py).
 
@@ -56,7 +56,7 @@ class DiskFullAsOneLine:
 
   def __exit__(self, kind, error, tb):
     if isinstance(error, Exception) and not isinstance(error, DiskFull) and disk_full(error) is not None:
-      raise DiskFull(disk_full_message(self.directory, "saving a checkpoint failed")) from error
+      raise DiskFull(disk_full_message(self.directory, "saving a checkpoint failed", os.path.dirname(self.directory))) from error
     return False
 
 
@@ -64,7 +64,7 @@ def disk_full(error):
   """The ENOSPC error in `error`'s chain (causes and contexts), or None. Orbax raises the
   OSError itself (from its finalize) or tensorstore's `RESOURCE_EXHAUSTED: ... [OS error
   28: No space left on device]` (from the array writes)."""
-  for e in peers.chain(error):
+  for e in chain(error):
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
       return e
     if f"[OS error {errno.ENOSPC}:" in str(e) or os.strerror(errno.ENOSPC) in str(e):
@@ -72,31 +72,18 @@ def disk_full(error):
   return None
 
 
-def disk_full_message(directory, what, checkpoints=None):
-  """'the disk holding DIR is full (...): WHAT; free space ... resume from checkpoint N'."""
-  checkpoints = checkpoints or directory
+def disk_full_message(directory, what, workdir):
+  """'the disk holding DIR is full (...): WHAT; free space ... resume from checkpoint N' of `workdir`."""
   try:
     usage = shutil.disk_usage(directory)
     space = f"{_size(usage.free)} free of {_size(usage.total)}"
   except OSError:
     space = "No space left on device"
-  newest = newest_complete_step(checkpoints)
+  newest = layout.newest_complete_step(workdir)
   again = ("run the same command again to start over (no checkpoint was complete yet)" if newest is None else
            f"run the same command again to resume from checkpoint {newest}")
   return (f"the disk holding {directory} is full ({space}): {what}; free space there (or lower "
           f"checkpoint.keep) and {again}")
-
-
-def newest_complete_step(directory):
-  """The newest step in `directory` (a checkpoints/ directory) that Orbax finalized, or
-  None: a save in progress or cut short is `<step>.orbax-checkpoint-tmp-*`, not a number."""
-  try:
-    steps = [int(name) for name in storage.listdir(directory) if name.isdigit()]
-    if storage.is_gcs(directory):  # Orbax writes a step in place there, and marks it complete last.
-      steps = [step for step in steps if storage.isfile(f"{directory}/{step}/commit_success.txt")]
-  except Exception:  # pylint: disable=broad-except  (OSError; gcsfs's HttpError: this only names a step in messages)
-    return None
-  return max(steps, default=None)
 
 
 def find_damage(path):
@@ -224,12 +211,12 @@ def _short(text, directory):
 
 def out_of_memory(error):
   return any(isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in str(e) or "Out of memory" in str(e)
-             for e in peers.chain(error))
+             for e in chain(error))
 
 
 def storage_error(error):
   return any(isinstance(e, OSError) or "[OS error " in str(e) or str(e).startswith(
-      ("UNAVAILABLE", "DEADLINE_EXCEEDED", "PERMISSION_DENIED")) for e in peers.chain(error))
+      ("UNAVAILABLE", "DEADLINE_EXCEEDED", "PERMISSION_DENIED")) for e in chain(error))
 
 
 def innermost(error):

@@ -17,7 +17,10 @@ completion is scored. Formats:
                      the reply's headers, the completion the reply's own text (quoted
                      lines and the "On ... wrote:" line above them removed); any other
                      message is plain text, as with 'mbox'.
-Files are taken in sorted order (each glob sorted), documents in file order.
+Files are taken in sorted order (each glob sorted), documents in file order. Text and JSON
+lines must be UTF-8: a file that is empty, not UTF-8 or binary is refused, naming it (or,
+matched by a glob, skipped with a warning naming it); nothing is read with replacement
+characters. A mailbox is bytes: each message's own charset decodes it.
 
 The split is by document, from a hash of its content: `validation_fraction` of them (in
 hash order, not file order) are 'validation', the rest 'train'. Content, not position, so
@@ -25,6 +28,7 @@ that adding a file does not move the others' documents, and a document repeated 
 lands in one split only (duplicates cannot leak from train into validation).
 """
 
+import codecs
 import email
 import email.message
 import email.policy
@@ -35,15 +39,24 @@ import json
 import mailbox
 import os
 
+from absl import logging
+
 from jaxtrain.errors import UserError
 
 FORMATS = ("text", "jsonl", "prompt_completion", "mbox", "mbox_replies")
 SPLITS = ("train", "validation")
+TEXT_FORMATS = ("text", "jsonl", "prompt_completion")
+# Checked at start-up per file (a binary shows in its first bytes); the rest as it is read.
+SNIFF_BYTES = 1 << 20
+NOT_UTF8_FIX = "re-save it as UTF-8, or leave it out"
+_warned = set()  # Skipped files already named: once per process (a mixture checks before it opens).
 
 
-def resolve_files(files, where):
+def resolve_files(files, where, fmt=None):
   """Sorted paths matched by `files` (a glob, a path, or a list of them); each must match.
-  `where` names the setting in errors: "config key 'input.data.files'", "--corpus"."""
+  `where` names the setting in errors: "config key 'input.data.files'", "--corpus". With a
+  `fmt` of TEXT_FORMATS each file is checked (`unreadable`): one named outright must pass;
+  one matched by a glob is skipped with a warning, but each glob must keep one."""
   patterns = [files] if isinstance(files, str) else list(files)
   if not patterns or not all(isinstance(p, str) for p in patterns):
     raise UserError(f"{where} must be a path or glob, or a list of them, got {files!r}")
@@ -52,16 +65,59 @@ def resolve_files(files, where):
     matched = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
     if not matched:
       raise UserError(f"{where}: no files match '{pattern}'")
-    paths.extend(os.path.abspath(p) for p in matched)
+    matched = [os.path.abspath(p) for p in matched]
+    paths.extend(_usable(matched, pattern, where) if fmt in TEXT_FORMATS else matched)
   return list(dict.fromkeys(paths))  # Each file once, in order.
+
+
+def unreadable(path):
+  """(problem, fix) if `path` is no UTF-8 text file, judged by its first SNIFF_BYTES; else None."""
+  with open(path, "rb") as f:
+    head = f.read(SNIFF_BYTES + 1)
+  if not head.strip():
+    return ("is empty" if not head else "holds only whitespace"), "put text in it, or leave it out"
+  try:  # Not final when cut: a character split at the cut is no error.
+    codecs.getincrementaldecoder("utf-8")().decode(head[:SNIFF_BYTES], final=len(head) <= SNIFF_BYTES)
+  except UnicodeDecodeError as e:
+    return "is " + _not_utf8(head, e.start), NOT_UTF8_FIX
+  nul = head.find(b"\x00", 0, SNIFF_BYTES)  # Valid UTF-8, but no text has it (UTF-16 does, and binaries).
+  if nul >= 0:
+    return f"is binary, not text (a NUL byte at offset {nul})", "leave it out"
+  return None
+
+
+def _usable(paths, pattern, where):
+  problems = {path: problem for path in paths if (problem := unreadable(path))}
+  if problems and not glob.has_magic(os.path.expanduser(pattern)):  # Named outright: refused.
+    path, (problem, fix) = next(iter(problems.items()))
+    raise UserError(f"{where}: {path} {problem}; {fix}")
+  if len(problems) == len(paths):
+    path, (problem, fix) = next(iter(problems.items()))
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    raise UserError(f"{where}: no usable file matches '{pattern}': {path} {problem}{more}; {fix}")
+  for path, (problem, _) in problems.items():
+    if (where, path) not in _warned:
+      _warned.add((where, path))
+      logging.warning("%s: skipping %s, matched by '%s': it %s", where, path, pattern, problem)
+  return [path for path in paths if path not in problems]
+
+
+def _not_utf8(data, offset, start=0):
+  """'not UTF-8 text (...)' for the bad byte data[offset], at `start + offset` in the file."""
+  return f"not UTF-8 text (byte 0x{data[offset]:02x} at offset {start + offset})"
 
 
 def read(fmt, paths, *, field="text", prompt_field="prompt", completion_field="completion"):
   """Yields the documents of `paths` in order."""
   if fmt == "text":
     for path in paths:
-      with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        yield [(f.read(), True)]
+      with open(path, "rb") as f:
+        raw = f.read()
+      try:
+        document = [(raw.decode("utf-8"), True)]
+      except UnicodeDecodeError as e:  # Past what resolve_files checked, or a file it did not check.
+        raise UserError(f"{path} is {_not_utf8(raw, e.start)}; {NOT_UTF8_FIX}") from None
+      yield document
   elif fmt == "jsonl":
     for path, line, record in _json_lines(paths):
       yield [(_field(record, field, path, line, "field"), True)]
@@ -87,8 +143,14 @@ def in_split(document, split, validation_fraction):
 
 def _json_lines(paths):
   for path in paths:
-    with open(path, encoding="utf-8", errors="replace") as f:
-      for number, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+      start = 0
+      for number, raw in enumerate(f, 1):
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          raise UserError(f"{path}:{number}: {_not_utf8(raw, e.start, start)}; {NOT_UTF8_FIX}") from None
+        start += len(raw)
         if not line.strip():
           continue
         try:

@@ -170,6 +170,9 @@ def open_mixture(data, open_one, default_data_dir=None):
   # The others take the main source's tokenizer, never one trained on their own data.
   sections = {n: Layered([raw[n], data], hidden=("mixture", "weight") + (("tokenizer",) if n != main else ()))
               for n in names}
+  if is_text:  # Each source's files, before the main source's tokenizer trains: a bad one fails at once.
+    for name in names:
+      text.check_files(sections[name])
   sources = {main: open_one(sections[main], None)}
   for name in names:
     if name == main:

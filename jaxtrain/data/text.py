@@ -108,7 +108,7 @@ def _dataset(data, inherited):
   if not 0 <= fraction < 1:
     raise UserError(f"config key '{data.path('validation_fraction')}' must be in [0, 1), got {fraction!r}")
   dataset = {"format": fmt, "files": files if files is base.get("files") else
-             documents.resolve_files(files, f"config key '{data.path('files')}'"), "validation_fraction": fraction}
+             documents.resolve_files(files, f"config key '{data.path('files')}'", fmt), "validation_fraction": fraction}
   if fmt in documents.MBOX_FORMATS and files is not base.get("files"):
     for path in dataset["files"]:
       documents.check_mbox(path)
@@ -118,6 +118,13 @@ def _dataset(data, inherited):
     dataset["prompt_field"] = data.get("prompt_field", base.get("prompt_field", "prompt"), kind=str)
     dataset["completion_field"] = data.get("completion_field", base.get("completion_field", "completion"), kind=str)
   return dataset
+
+
+def check_files(data):
+  """Finds and checks the files that a data section names, if any (see documents.resolve_files):
+  a mixture checks every source's before it makes anything for one."""
+  if "files" in data:
+    _dataset(data, None)
 
 
 def _tokenizer(data, dataset, data_dir, like):
@@ -143,7 +150,7 @@ def _tokenizer(data, dataset, data_dir, like):
 def trained_tokenizer(dataset, kind, vocab_size, data_dir=None):
   """The tokenizer of `kind` trained on the train split of `dataset`, cached under data_dir."""
   key = packing.cache_key(dataset=_identity(dataset, "train", data_dir), kind=kind, vocab_size=vocab_size,
-                          chars=TOKENIZER_TRAINING_CHARS)
+                          chars=TOKENIZER_TRAINING_CHARS, **({"bos_first": True} if kind == "bpe" else {}))
   suffix = ".model" if kind == "sentencepiece" else ".json"
   path = os.path.join(_cache_root(data_dir), "tokenizers", f"{_slug(dataset)}-{kind}{vocab_size}-{key}{suffix}")
 

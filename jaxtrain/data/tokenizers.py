@@ -5,6 +5,16 @@
     ids = tok.encode("def f(x):\n    return x")  # no bos/eos: packing adds them
     tok.decode(ids)                              # the text back, byte for byte
     tok.encode_with_bytes(texts)                 # ids and the UTF-8 bytes each id stands for
+    tok.encode(prompt, special_tokens=True)      # '<|im_start|>' in a prompt: that token's id
+    tok.adds_bos                                 # whether BOS goes before a prompt
+
+Text that spells a special token ('<s>', '<|im_start|>') is plain text by default: training
+data must not inject control tokens (a mailbox quoting a chat transcript) and
+decode(encode(x)) == x. Prompts (generation, lm_eval contexts) pass special_tokens=True:
+such text becomes the token, as transformers encodes it. `adds_bos` is what transformers
+would put first: a tokenizer.json's post-processor decides (Llama's TemplateProcessing adds
+BOS, SmolLM2's file none), a SentencePiece model adds BOS (LlamaTokenizer's default), and
+an explicit add_bos_token in a tokenizer_config.json beside the file wins over both.
 
 `encode_with_bytes` is what makes bits per byte exact and comparable across tokenizers:
 every byte of a text is attributed to exactly one of its tokens, taken from the library's
@@ -32,6 +42,7 @@ import hashlib
 import io
 import json
 import os
+import re
 
 import numpy as np
 
@@ -51,18 +62,25 @@ class Tokenizer:
 
   kind = None
   file_name = None  # Its name in a Hugging Face directory: 'tokenizer.model' or 'tokenizer.json'.
-  adds_bos = False  # Whether the file itself asks for BOS first (Llama's tokenizer.json do).
+  adds_bos = False  # Whether BOS goes before a prompt, as transformers would put it (see above).
 
   def __init__(self, path):
     self.path = path
     with open(path, "rb") as f:
       self.fingerprint = hashlib.sha256(f.read()).hexdigest()
+    self._config = _read_config(os.path.join(os.path.dirname(path), "tokenizer_config.json"))
 
   def __repr__(self):
     return f"{type(self).__name__}({self.path!r}, vocab_size={self.vocab_size})"
 
-  def encode(self, text):
-    """The ids of `text` (a str), without bos or eos."""
+  def _config_adds_bos(self, default):
+    """An explicit add_bos_token in tokenizer_config.json, else `default`; never without a BOS."""
+    explicit = (self._config or {}).get("add_bos_token")
+    return self.bos_id is not None and (explicit if isinstance(explicit, bool) else default)
+
+  def encode(self, text, special_tokens=False):
+    """The ids of `text` (a str), without bos or eos. `special_tokens=True` (prompts): text
+    that spells a special token becomes its id; False (training data): it is text."""
     raise NotImplementedError
 
   def decode(self, ids):
@@ -110,9 +128,23 @@ class SentencePieceTokenizer(Tokenizer):
     self.eos_id = none_if_negative(self._sp.eos_id())
     self.pad_id = none_if_negative(self._sp.pad_id())
     self.vocab_size = self._sp.get_piece_size()
+    self.adds_bos = self._config_adds_bos(True)  # As transformers' LlamaTokenizer (add_bos_token=True).
+    self._special = None  # {piece: id} of the control and unknown pieces, and a regex of them: when first needed.
 
-  def encode(self, text):
-    return self._sp.encode(text, add_bos=False, add_eos=False)
+  def encode(self, text, special_tokens=False):
+    if not special_tokens:  # SentencePiece itself never matches control pieces in text.
+      return self._sp.encode(text, add_bos=False, add_eos=False)
+    if self._special is None:
+      sp = self._sp
+      pieces = {sp.id_to_piece(i): i for i in range(self.vocab_size) if sp.is_control(i) or sp.is_unknown(i)}
+      self._special = pieces, re.compile("|".join(map(re.escape, sorted(pieces, key=len, reverse=True))))
+    pieces, pattern = self._special
+    # As transformers' LlamaTokenizer: split at the special pieces, encode the text between.
+    ids, start = [], 0
+    for match in pattern.finditer(text) if pieces else ():
+      ids += self._sp.encode(text[start:match.start()], add_bos=False, add_eos=False) + [pieces[match.group()]]
+      start = match.end()
+    return ids + self._sp.encode(text[start:], add_bos=False, add_eos=False)
 
   def decode(self, ids):
     return self._sp.decode([int(i) for i in ids])
@@ -153,24 +185,24 @@ class HuggingFaceTokenizer(Tokenizer):
       self._tok = HFTokenizer.from_file(path)
     except Exception as e:  # pylint: disable=broad-except  (the library raises bare Exceptions)
       raise UserError(f"cannot load Hugging Face tokenizer {path}: {first_line(e)}") from None
-    # Text that spells a special token ('<s>' in a stdlib file) is text, not that token:
-    # otherwise decode(encode(x)) drops it (2 of the stdlib's train files) and data could
-    # inject document boundaries. SentencePiece never matches its control tokens in text.
+    # Data: text that spells a special token ('<s>' in a stdlib file) is text, not that
+    # token: otherwise decode(encode(x)) drops it (2 of the stdlib's train files) and data
+    # could inject document boundaries. Prompts parse them, with a second instance
+    # (`_prompt_tok`): the flag is the instance's, and data may be encoded on other threads.
     self._tok.encode_special_tokens = True
+    self._prompt_tok = None
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-    special = self._special_tokens(os.path.join(os.path.dirname(path), "tokenizer_config.json"))
+    special = self._special_tokens()
     self.bos_id, self.eos_id, self.pad_id = (special.get(role) for role in ("bos", "eos", "pad"))
-    # Its post-processor's choice; `encode` never adds special tokens, the harness follows this.
+    # Its post-processor's choice (`encode` itself never adds special tokens).
     first = self._tok.encode("a", add_special_tokens=True).ids[:1]
-    self.adds_bos = self.bos_id is not None and first == [self.bos_id]
+    self.adds_bos = self._config_adds_bos(first == [self.bos_id])
 
-  def _special_tokens(self, config_path):
+  def _special_tokens(self):
     found = {}
-    if os.path.exists(config_path):
-      with open(config_path, encoding="utf-8") as f:
-        config = json.load(f)
+    if self._config is not None:
       for role in self._NAMES:
-        token = config.get(f"{role}_token")
+        token = self._config.get(f"{role}_token")
         token = token.get("content") if isinstance(token, dict) else token
         if isinstance(token, str) and self._tok.token_to_id(token) is not None:
           found[role] = self._tok.token_to_id(token)
@@ -180,8 +212,13 @@ class HuggingFaceTokenizer(Tokenizer):
       found[role] = next((i for i in ids if i is not None), None)
     return found
 
-  def encode(self, text):
-    return self._tok.encode(text, add_special_tokens=False).ids
+  def encode(self, text, special_tokens=False):
+    if not special_tokens:
+      return self._tok.encode(text, add_special_tokens=False).ids
+    if self._prompt_tok is None:
+      from tokenizers import Tokenizer as HFTokenizer  # pylint: disable=import-outside-toplevel
+      self._prompt_tok = HFTokenizer.from_file(self.path)  # encode_special_tokens=False: transformers' default.
+    return self._prompt_tok.encode(text, add_special_tokens=False).ids
 
   def decode(self, ids):
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
@@ -201,6 +238,20 @@ class HuggingFaceTokenizer(Tokenizer):
         ends = _char_to_byte_offsets(text)[ends]
       results.append((ids, token_bytes(ends, _utf8_len(text))))
     return results
+
+
+def _read_config(path):
+  """The tokenizer_config.json at `path` as a dict (None where there is none)."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      config = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UserError(f"{path} is not valid JSON ({first_line(e)}); fix it or remove it") from None
+  if not isinstance(config, dict):
+    raise UserError(f"{path} holds a JSON {type(config).__name__}, not an object; fix it or remove it")
+  return config
 
 
 def _utf8_len(text):
@@ -239,9 +290,11 @@ def load(path):
 def train(kind, texts, path, vocab_size):
   """Trains a tokenizer of `kind` ('sentencepiece' or 'bpe') and returns it, loaded."""
   if kind == "sentencepiece":
-    train_sentencepiece(texts, path, vocab_size)
+    train_sentencepiece(texts, path, vocab_size)  # Its `adds_bos` is True, as LlamaTokenizer's.
   elif kind == "bpe":
-    train_bpe(texts, path, vocab_size)
+    # A run's documents start with BOS (packing): the tokenizer says so, so that generation,
+    # lm_eval and transformers after export start a prompt as training started a document.
+    train_bpe(texts, path, vocab_size, bos_first=True)
   else:
     raise UserError(f"unknown tokenizer kind '{kind}'; the kinds are {', '.join(KINDS)}")
   return load(path)
@@ -285,11 +338,12 @@ def train_sentencepiece(texts, path, vocab_size, model_type="unigram"):
   _write_atomically(path, model.getvalue())
 
 
-def train_bpe(texts, path, vocab_size):
+def train_bpe(texts, path, vocab_size, bos_first=False):
   """Trains a byte-level BPE tokenizer (the `tokenizers` library) and writes its
-  tokenizer.json to `path`. Lossless (every byte is a token) and deterministic."""
+  tokenizer.json to `path`. Lossless (every byte is a token) and deterministic. With
+  `bos_first`, its post-processor puts BOS before a sequence (as Llama's tokenizer.json do)."""
   from tokenizers import Tokenizer as HFTokenizer  # pylint: disable=import-outside-toplevel
-  from tokenizers import decoders, models, pre_tokenizers, trainers  # pylint: disable=import-outside-toplevel
+  from tokenizers import decoders, models, pre_tokenizers, processors, trainers  # pylint: disable=import-outside-toplevel
   tok = HFTokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
@@ -301,6 +355,9 @@ def train_bpe(texts, path, vocab_size):
   trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[PAD, BOS, EOS],
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
   tok.train_from_iterator(texts, trainer)
+  if bos_first:
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",
+                                                       special_tokens=[(BOS, tok.token_to_id(BOS))])
   _write_atomically(path, tok.to_str().encode("utf-8"))
 
 

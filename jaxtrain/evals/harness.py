@@ -78,8 +78,9 @@ class Harness:
     prepared.max_new_tokens = min(task.max_gen_toks, room)
     bos = [self.tokenizer.bos_id] if self.add_bos and self.tokenizer.bos_id is not None else []
     keep = self.context_length - prepared.max_new_tokens
-    # Cut from the left, as the harness does, to leave room for the completion.
-    prepared.prompts = [(bos + list(self.tokenizer.encode(c)))[-keep:] for c in contexts]
+    # Cut from the left, as the harness does, to leave room for the completion; special
+    # tokens in a context are their ids, as transformers encodes them.
+    prepared.prompts = [(bos + list(self.tokenizer.encode(c, special_tokens=True)))[-keep:] for c in contexts]
     for batch in self._generation_batches(prepared.prompts):
       self.sampler.prepare(self.abstract, [len(prepared.prompts[i]) for i in batch], prepared.max_new_tokens)
     return prepared

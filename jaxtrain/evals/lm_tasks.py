@@ -10,8 +10,9 @@ that ends before the first stop string:
     {"query": "2 + 2 =", "answer": "4"}
 
 A task may instead be a `.json` spec that renders documents of any shape through
-templates (`str.format` over the document's fields), which makes zero-shot classification
-by prompt the same machinery:
+templates (`str.format` over the document's fields: plain `{field}` or `{field:>5}`, never
+`{field.attribute}`, `{field[0]}` or `{field!r}`), which makes zero-shot classification by
+prompt the same machinery:
 
     {"docs": "reviews.jsonl", "query": "Review: {text}\\nSentiment:",
      "choices": ["negative", "positive"], "gold": "label"}
@@ -141,7 +142,36 @@ def _read_spec(path):
     spec["until"] = tuple(until)
   if not isinstance(spec.get("max_gen_toks", 1), int) or spec.get("max_gen_toks", 1) < 1:
     raise UserError(f"task spec {path}: 'max_gen_toks' must be a positive integer")
+  for key in ("query", "answer"):
+    if key in spec:
+      _check_template(path, key, spec[key])
   return spec
+
+
+def _check_template(path, what, template):
+  """Plain fields of the document only, each maybe with a format spec: str.format would
+  reach a field's attributes and items ({text.upper} renders a bound method)."""
+  if not isinstance(template, str):
+    raise UserError(f"task spec {path}: the {what} template must be a string, got {template!r}")
+  try:
+    fields = _fields(template)
+  except ValueError as e:
+    raise UserError(f"task spec {path}: the {what} template {template!r} is not a format string: {e}") from None
+  for name, conversion in fields:
+    if not name or name.isdigit() or "." in name or "[" in name or conversion:
+      shown = name + (f"!{conversion}" if conversion else "")
+      raise UserError(f"task spec {path}: the {what} template {template!r} has field {{{shown}}}: use plain fields "
+                      f"of the document, e.g. {{text}} or {{text:>5}} (no attributes, indexing, conversions or "
+                      f"positions)")
+
+
+def _fields(template):
+  """[(field name, conversion)] of a format string, the fields nested in format specs too."""
+  fields = []
+  for _, name, format_spec, conversion in string.Formatter().parse(template):
+    if name is not None:
+      fields += [(name, conversion)] + _fields(format_spec or "")
+  return fields
 
 
 def read_docs(path, templates=None):
@@ -211,7 +241,7 @@ def _render(template, raw, where, what):
   except KeyError as e:
     raise UserError(f"{where}: the {what} template {template!r} needs field {e.args[0]!r}, which this document "
                     f"lacks") from None
-  except (ValueError, IndexError) as e:
+  except (ValueError, IndexError, TypeError) as e:  # TypeError: a spec a list or dict refuses ({choices:>5}).
     raise UserError(f"{where}: cannot render the {what} template {template!r}: {e}") from None
   if template == f"{{{what}}}" and not isinstance(raw.get(what), str):
     raise UserError(f"{where}: {what!r} must be a string, got {raw.get(what)!r}")

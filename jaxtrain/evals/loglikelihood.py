@@ -25,23 +25,25 @@ def encode_pairs(tokenizer, requests, add_bos=False):
   harness (0.4.13) tokenizes for Hugging Face models: spaces ending the context move to the
   continuation; the whole text is encoded and split after as many tokens as the context
   alone encodes to. An empty context is the one token the harness puts there, BOS (EOS for
-  a tokenizer without one); so is one of spaces only."""
+  a tokenizer without one); so is one of spaces only. Special tokens spelled in the texts
+  ('<|im_end|>') are their ids, as transformers encodes them."""
   bos = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
   prefix = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+  encode = lambda text: list(tokenizer.encode(text, special_tokens=True))  # noqa: E731
   pairs = []
   for context, continuation in requests:
     spaces = len(context) - len(context.rstrip())
     if spaces:
       context, continuation = context[:-spaces], context[-spaces:] + continuation
     if context == "":
-      ids = list(tokenizer.encode(continuation))
+      ids = encode(continuation)
       if prefix is None:
         raise UserError("an empty context is scored after the BOS or EOS token, and this tokenizer has neither")
       # A continuation that starts with that token already has its context.
       pairs.append(([ids[0]], ids[1:]) if ids and ids[0] == prefix else ([prefix], ids))
       continue
-    whole = bos + list(tokenizer.encode(context + continuation))
-    n = len(bos) + len(tokenizer.encode(context))
+    whole = bos + encode(context + continuation)
+    n = len(bos) + len(encode(context))
     pairs.append((whole[:n], whole[n:]))
   return pairs
 

@@ -64,5 +64,8 @@ class Samples:
 def _last_tokens(tokenizer, prompt, count):
   """`prompt` cut to about its last `count` tokens (as text: samples.jsonl shows what the
   model read), or whole if it has no more."""
+  # Counted with special-token text as text: decode gives that text back (it drops special
+  # ids); parsed by `complete`, a spelled-out special token is one token, so it still fits
+  # (prompt_ids checks at start-up).
   ids = tokenizer.encode(prompt)
   return prompt if len(ids) <= count else tokenizer.decode(ids[len(ids) - max(count, 1):])

@@ -1,5 +1,5 @@
-"""Language models for notebooks and scripts: load a jaxtrain run or a Hugging Face Llama
-directory, score tokens, sample text, export to Hugging Face.
+"""Language models for notebooks and scripts: load a jaxtrain run or a Hugging Face
+directory (of a family `lm.families` knows: Llama), score tokens, sample text, export to Hugging Face.
 
     import jaxtrain.lm
     lm = jaxtrain.lm.load("runs/code_lm")            # newest checkpoint; or step=N
@@ -12,11 +12,10 @@ directory, score tokens, sample text, export to Hugging Face.
 The variables are placed by `parallel_config` (a `config.parallel` section as a dict;
 default: FSDP over every device, so a model larger than one device's memory loads): a run's checkpoint is
 restored by Orbax and an HF directory read by safetensors straight into those shardings.
-Every mistake (a bad path, a model that is not a Llama, a tokenizer that does not fit the
+Every mistake (a bad path, an architecture no family reads, a tokenizer that does not fit the
 model, a prompt longer than the context) raises a UserError with one line.
 """
 
-import json
 import os
 
 import jax
@@ -27,15 +26,17 @@ from absl import logging
 
 from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain import config as config_lib
-from jaxtrain.lm import hf_llama
+from jaxtrain.lm import families
+from jaxtrain.lm import hf
 from jaxtrain.models import lora as lora_lib
 from jaxtrain import models
-from jaxtrain.training import parallel
+from jaxtrain import parallel
 from jaxtrain.lm import sampling
 from jaxtrain import step as step_lib
 from jaxtrain.rundir import storage
 from jaxtrain.data import text as text_lib
 from jaxtrain.data import tokenizers
+from jaxtrain.rundir import layout
 from jaxtrain.errors import UserError
 
 DEFAULT_PARALLEL = dict(strategy="jit", mesh=dict(data=1, fsdp=-1, tensor=1))
@@ -43,14 +44,14 @@ DEFAULT_PARALLEL = dict(strategy="jit", mesh=dict(data=1, fsdp=-1, tensor=1))
 
 def load(path, step=None, *, parallel_config=None, dtype=None):
   """An `LM` from a jaxtrain work directory (its newest checkpoint, or `step`) or a
-  Hugging Face Llama directory. `dtype`: the computation dtype ('bfloat16'); params stay
+  Hugging Face directory. `dtype`: the computation dtype ('bfloat16'); params stay
   float32."""
   path = storage.absolute(path) if storage.is_gcs(path) else os.path.expanduser(str(path))
   if not storage.isdir(path):
     raise UserError(f"model path {path} does not exist or is not a directory; give a jaxtrain work directory "
                     f"or a Hugging Face model directory")
   strategy = strategy_for(parallel_config)
-  if storage.isdir(os.path.join(path, "checkpoints")):
+  if layout.has_checkpoints(path):
     return _load_run(path, step, strategy, dtype)
   if step is not None:
     raise UserError(f"step={step} is for jaxtrain work directories; {path} has no checkpoints/")
@@ -58,7 +59,7 @@ def load(path, step=None, *, parallel_config=None, dtype=None):
 
 
 class LM:
-  """A Llama-architecture model with its tokenizer: `logits`, `generate`, `export_hf`."""
+  """A decoder language model with its tokenizer: `logits`, `generate`, `export_hf`."""
 
   def __init__(self, module, variables, tokenizer, context_length, source, eos_ids=(), strategy=None):
     _check_tokenizer(tokenizer, module, source)
@@ -66,6 +67,7 @@ class LM:
     self.context_length, self.source = context_length, source
     self.strategy = strategy or strategy_for()  # Where the variables are (and batches go).
     self.eos_ids = tuple(eos_ids)
+    self.family = None  # The model family (lm.families): how it maps to Hugging Face's names.
     self.lora = None  # A LoRA run's (lora.Spec, its adapters' params): what `export --format=peft` writes.
     self._logits = jax.jit(lambda variables, tokens: module.apply(variables, tokens, train=False)[0])
     eos_ids = sorted(set(eos_ids) | ({tokenizer.eos_id} - {None}))
@@ -87,19 +89,24 @@ class LM:
     return np.asarray(self._logits(self.variables, jnp.asarray(tokens, jnp.int32)))
 
   def generate(self, prompts, max_new_tokens=64, temperature=0.0, top_k=None, top_p=None, seed=0, stop=None,
-               add_bos=True):
+               add_bos=None, special_tokens=True):
     """Completions of `prompts` (a str or a list of str), without the prompt: greedy at
-    temperature 0, else sampled (top_k, top_p) with `seed`; see `sampling.complete`."""
+    temperature 0, else sampled (top_k, top_p) with `seed`; see `sampling.complete`. The
+    prompts are encoded as transformers' tokenizer does: BOS first where the tokenizer puts
+    it (add_bos=True/False overrides), special tokens in the text ('<|im_start|>') as their
+    ids (special_tokens=False: as text, for text you do not trust)."""
     single = isinstance(prompts, str)
     texts = sampling.complete(self.sampler, self.tokenizer, [prompts] if single else list(prompts),
                               context_length=self.context_length, max_new_tokens=max_new_tokens,
-                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop, add_bos=add_bos)
+                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop, add_bos=add_bos,
+                              special_tokens=special_tokens)
     return texts[0] if single else texts
 
   def export_hf(self, directory, dtype="float32"):
     """Writes a Hugging Face directory (config.json, model.safetensors, the tokenizer)."""
-    hf_llama.save(directory, self.module, self.variables["params"], self.tokenizer, self.context_length, dtype)
-    logging.info("Wrote %s (LlamaForCausalLM, %s).", directory, dtype)
+    family = self.family or families.for_model("llama", self.source)  # An LM made by hand: a Llama.
+    hf.save(directory, family, self.module, self.variables["params"], self.tokenizer, self.context_length, dtype)
+    logging.info("Wrote %s (%s, %s).", directory, family.architecture, dtype)
 
 
 def _check_tokenizer(tokenizer, module, source):
@@ -122,22 +129,21 @@ def abstract_variables(module, strategy):
 
 
 def _load_hf(directory, strategy, dtype):
-  kwargs, extras = hf_llama.read_config(directory)
+  family, kwargs, extras = hf.read_config(directory)
   tokenizer = tokenizers.load(directory)
-  module = models.llama.Llama(**kwargs, dtype=dtype or "float32")
+  module = family.module(**kwargs, dtype=dtype or "float32")
   _check_tokenizer(tokenizer, module, directory)  # Before reading gigabytes of weights.
   abstract = abstract_variables(module, strategy)
-  variables = {"params": hf_llama.load_params(directory, abstract["params"])}
-  return LM(module, variables, tokenizer, extras["context_length"], directory, extras["eos_ids"], strategy)
+  variables = {"params": hf.load_params(directory, family, abstract["params"])}
+  lm = LM(module, variables, tokenizer, extras["context_length"], directory, extras["eos_ids"], strategy)
+  lm.family = family
+  return lm
 
 
 def _load_run(workdir, step, strategy, dtype):
-  config = _run_config(workdir)
-  cfg = config_lib.Reader(config)
+  cfg = config_lib.Reader(ml_collections.ConfigDict(layout.read_config(workdir)))
   model_config = cfg.section("model")
-  if model_config.get("name", kind=str) != "llama":
-    raise UserError(f"the run in {workdir} trains model '{model_config.get('name')}', not a language model "
-                    f"(jaxtrain.lm loads 'llama' runs)")
+  family = families.for_model(model_config.get("name", kind=str), f"the run in {workdir}")
   module = models.build(model_config)
   if dtype:
     module = module.clone(dtype=dtype)
@@ -146,37 +152,23 @@ def _load_run(workdir, step, strategy, dtype):
   _check_tokenizer(tokenizer, module, workdir)
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   try:
-    saved = ckpt.all_steps()
-    step = saved[-1] if step is None and saved else step
-    if step not in saved:
-      raise UserError(f"{workdir} has no checkpoint at step {step}; it has {', '.join(map(str, saved)) or 'none'}")
+    step = layout.pick_step(ckpt.all_steps(), step, workdir)
     variables = ckpt.restore_variables(step, abstract_variables(module, strategy))
   finally:
     ckpt.close()
   context = cfg.section("input").section("data").get("seq_len", kind=int)
   if not isinstance(module, lora_lib.LoRAModel):
-    return LM(module, variables, tokenizer, context, f"{workdir} step {step}", strategy=strategy)
-  # LoRA: the adapters folded into the kernels, so decoding and export see a plain Llama.
-  merged = {**variables, "params": lora_lib.merge(variables["params"], module.spec.scale)}
-  lm = LM(module.base, merged, tokenizer, context, f"{workdir} step {step} (LoRA merged)", strategy=strategy)
-  lm.lora = (module.spec, variables["params"])
+    lm = LM(module, variables, tokenizer, context, f"{workdir} step {step}", strategy=strategy)
+  else:  # LoRA: the adapters folded into the kernels, so decoding and export see the plain model.
+    merged = {**variables, "params": lora_lib.merge(variables["params"], module.spec.scale)}
+    lm = LM(module.base, merged, tokenizer, context, f"{workdir} step {step} (LoRA merged)", strategy=strategy)
+    lm.lora = (module.spec, variables["params"])
+  lm.family = family
   return lm
-
-
-def _run_config(workdir):
-  path = os.path.join(workdir, "config.json")
-  if not storage.isfile(path):
-    raise UserError(f"{workdir} has checkpoints/ but no config.json; is it a jaxtrain work directory?")
-  return ml_collections.ConfigDict(json.loads(storage.read_text(path)))
 
 
 def run_tokenizer(workdir, data_config):
   """A run's tokenizer: the copy training keeps in the work directory, else (runs from
   before it kept one) the one its config names or trained, found again in the data cache."""
-  kept = [name for name in ("tokenizer.json", "tokenizer.model") if storage.exists(os.path.join(workdir, name))]
-  if not kept:
-    return text_lib.tokenizer_from_config(data_config)
-  if not storage.is_gcs(workdir):
-    return tokenizers.load(workdir)
-  local = storage.local_copy(os.path.join(workdir, kept[0]), beside=("tokenizer_config.json",))  # Special tokens.
-  return tokenizers.load(os.path.dirname(local))
+  kept = layout.kept_tokenizer(workdir)
+  return tokenizers.load(os.path.dirname(kept)) if kept else text_lib.tokenizer_from_config(data_config)

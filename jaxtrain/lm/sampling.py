@@ -135,11 +135,14 @@ class Sampler:
     return jax.lax.fori_loop(0, self.chunk, step, state)
 
 
-def prompt_ids(tokenizer, prompts, context_length, add_bos=True, where="prompt"):
-  """The ids of each prompt (BOS first with `add_bos`); a UserError for one that leaves no
-  room for a new token in the context."""
+def prompt_ids(tokenizer, prompts, context_length, add_bos=None, where="prompt", special_tokens=True):
+  """The ids of each prompt, as transformers' tokenizer(prompt) gives them: BOS first where
+  the tokenizer puts it (`tokenizer.adds_bos`; add_bos=True/False overrides), special
+  tokens spelled in the text as their ids (special_tokens=False: as text, for text you do
+  not trust). A UserError for a prompt that leaves no room for a new token in the context."""
+  add_bos = tokenizer.adds_bos if add_bos is None else add_bos
   bos = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
-  ids = [bos + list(tokenizer.encode(p)) for p in prompts]
+  ids = [bos + list(tokenizer.encode(p, special_tokens=special_tokens)) for p in prompts]
   for i, row in enumerate(ids):
     if len(row) >= context_length:
       raise UserError(f"{where} {i} is {len(row)} tokens, which leaves no room in the model's context of "
@@ -148,13 +151,13 @@ def prompt_ids(tokenizer, prompts, context_length, add_bos=True, where="prompt")
 
 
 def complete(sampler, tokenizer, prompts, *, context_length, max_new_tokens=64, temperature=0.0, top_k=None,
-             top_p=None, seed=0, stop=None, add_bos=True, variables=None):
+             top_p=None, seed=0, stop=None, add_bos=None, special_tokens=True, variables=None):
   """Text completions of `prompts` (strs), without the prompt: each ends at EOS, at
-  max_new_tokens, or before the first of the `stop` strings. `add_bos` puts the tokenizer's
-  BOS first, as the model saw at every document start in training. A prompt that leaves no
-  room in the context is a UserError; a completion that would not fit is shortened."""
+  max_new_tokens, or before the first of the `stop` strings. The prompts are encoded by
+  `prompt_ids` (`add_bos`, `special_tokens`). A prompt that leaves no room in the context
+  is a UserError; a completion that would not fit is shortened."""
   stops = [stop] if isinstance(stop, str) else list(stop or [])
-  ids = prompt_ids(tokenizer, prompts, context_length, add_bos)
+  ids = prompt_ids(tokenizer, prompts, context_length, add_bos, special_tokens=special_tokens)
   if not ids:
     return []
   longest = max(map(len, ids))

@@ -184,6 +184,6 @@ def merge(params, scale):
 
 def adapters(params):
   """{'params/.../q_proj/kernel': (A, B) as numpy} of a LoRA model's params."""
-  flat = {"params/" + paths.name_of(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  flat = dict(paths.named_leaves(params, "params/"))
   return {name.rsplit("/", 1)[0] + "/kernel": (np.asarray(flat[name]), np.asarray(flat[name[:-1] + "B"]))
           for name in flat if name.endswith("/lora_A")}

@@ -3,7 +3,7 @@
     python -m jaxtrain.launch --config=experiments/code_lm.py --workdir=DIR --mode=dry_run \
         [--accelerator=tpu-v5e] [--peak_tflops=T] [--price_per_hour=P]
 
-Builds and compiles everything as a run would (`train.build`), runs no step and writes
+Builds and compiles everything as a run would (`training.build`), runs no step and writes
 nothing under DIR (it only reads whether a run there would resume). Prints parameters
 (total, trainable, per top-level module), FLOPs per step (XLA's cost analysis of the
 compiled step; for language models beside the 6N-per-token estimates), memory per device
@@ -22,13 +22,13 @@ import re
 from absl import logging
 import jax
 
-from jaxtrain.checkpoints import faults as checkpoint_faults
 from jaxtrain import config as config_lib
 from jaxtrain.models import lora as lora_lib
 from jaxtrain.training import optim
 from jaxtrain import paths
-from jaxtrain import train
+from jaxtrain.training import build as build_lib
 from jaxtrain.training.accelerators import ACCELERATORS, KINDS
+from jaxtrain.rundir import layout
 from jaxtrain.errors import UserError, did_you_mean
 
 # Of peak, sustained over a run: well-tuned large LM training reaches 35-55% MFU; small
@@ -39,7 +39,7 @@ TYPICAL_UTILIZATION = 0.4
 def run(config, workdir, *, accelerator=None, peak_tflops=None, price_per_hour=None):
   """Builds `config`, prints the report, returns its numbers; writes nothing."""
   target = pick_accelerator(accelerator, peak_tflops, price_per_hour)  # A typo fails before compiling.
-  exp = train.build(config, workdir)
+  exp = build_lib.build(config, workdir)
   report = measure(exp, workdir, target)
   if jax.process_index() == 0:
     print(format_report(report), flush=True)
@@ -95,7 +95,7 @@ def measure(exp, workdir, target):
   devices = jax.device_count()
   per_device = _cost(exp.train_step)
   per_step = per_device * devices if per_device else None
-  tokens = train._tokens_per_example(exp.model, exp.data.first_batch)  # pylint: disable=protected-access
+  tokens = exp.tokens_per_example
   parameters = _parameters(exp)
   report = dict(model=exp.model.name, strategy=exp.strategy.describe(), devices=devices,
                 device_kind=jax.devices()[0].device_kind, batch_size=exp.data.batch_size,
@@ -122,8 +122,7 @@ def _parameters(exp):
   params = exp.abstract_state.params
   frozen = _frozen(exp)
   modules = {}
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    name = paths.name_of(path)
+  for name, leaf in paths.named_leaves(params):
     count = math.prod(leaf.shape)
     row = modules.setdefault(name.split("/")[0], dict(count=0, trainable=0, bytes=0))
     row["count"] += count
@@ -135,7 +134,7 @@ def _parameters(exp):
 
 
 def _frozen(exp):
-  """optimizer.freeze and LoRA, read as `train.build` read them (its log line not repeated)."""
+  """optimizer.freeze and LoRA, read as `training.build` read them (its log line not repeated)."""
   absl_logger = logging.get_absl_logger()
   disabled, absl_logger.disabled = absl_logger.disabled, True
   try:
@@ -195,7 +194,7 @@ def _whole_run(total_flops, target):
 
 
 def _newest_checkpoint(workdir):
-  return checkpoint_faults.newest_complete_step(os.path.join(workdir, "checkpoints")) if workdir else None
+  return layout.newest_complete_step(workdir) if workdir else None
 
 
 # ---- The report --------------------------------------------------------------------------------

@@ -17,30 +17,29 @@ from jaxtrain import evals
 from jaxtrain.training import init_from as init_from_lib
 from jaxtrain.rundir import metrics as metrics_lib
 from jaxtrain.rundir import storage
-from jaxtrain import train
+from jaxtrain.training import build as build_lib
+from jaxtrain.rundir import exits
+from jaxtrain.rundir import layout
 from jaxtrain.errors import UserError
 
 
 def run(config, workdir, step=None):
   """Returns {'<evaluator>/<metric>': value} for checkpoint `step` (default: the newest)."""
   workdir = storage.one_spelling(workdir)
+  check_writable(workdir)
   cfg = config_lib.Reader(init_from_lib.resolve_model(config, workdir))
-  strategy, _ = train.build_strategy(cfg)
+  strategy, _ = build_lib.build_strategy(cfg)
   seed = cfg.get("seed", 0, minimum=0)
-  data = train.build_data(cfg, strategy, seed)
-  model = train.build_model(cfg, data)
-  abstract = train.abstract_variables(strategy, model, seed)
-  evaluators = train.build_evaluators(cfg, strategy, model, data, abstract)
-  _mark_training_keys_read(cfg)
+  data = build_lib.build_data(cfg, strategy, seed)
+  model = build_lib.build_model(cfg, data)
+  abstract = build_lib.abstract_variables(strategy, model, seed)
+  evaluators = build_lib.build_evaluators(cfg, strategy, model, data, abstract)
+  build_lib.skip_training_keys(cfg)
   config_lib.check_all_read(cfg)
-  if not storage.isdir(os.path.join(workdir, "checkpoints")):
+  if not layout.has_checkpoints(workdir):
     raise UserError(f"--workdir={workdir} has no checkpoints to evaluate")
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
-  saved = ckpt.all_steps()
-  step = saved[-1] if step is None and saved else step
-  if step not in saved:
-    raise UserError(f"--workdir={workdir} has no checkpoint at step {step}; it has "
-                    f"{', '.join(map(str, saved)) or 'none'}")
+  step = layout.pick_step(ckpt.all_steps(), step, workdir, key="--step")
   variables = ckpt.restore_variables(step, abstract)
   ckpt.close()
   writer = metrics_lib.Writer(workdir, start_step=None)
@@ -58,12 +57,16 @@ def run(config, workdir, step=None):
   return results
 
 
-def _mark_training_keys_read(cfg):
-  """Training's own sections are not checked here (the run that trained checked them);
-  the keys evaluation reads still are, typos included."""
-  for key in cfg.keys():
-    sections = ("optimizer", "schedule", "checkpoint", "init_from", "early_stopping", "profile", "trackers")
-    if key in sections + ("skip_nonfinite", "peak_tflops_per_device") or key.startswith(("total_", "log_every_")):
-      cfg.get(key)
-      if key in sections:
-        cfg.section(key).to_dict()
+def check_writable(workdir):
+  """The results are appended to the run's metrics.jsonl (samples.jsonl, tensorboard/): a
+  run that cannot take them says so before anything is built or restored. Tried, not
+  asked (see exits.writable_problem). A gs:// run's permissions show at the first write."""
+  if storage.is_gcs(workdir) or not os.path.isdir(workdir):
+    return  # None there: "no checkpoints to evaluate", after the config is checked.
+  for name in ("", layout.TENSORBOARD, layout.METRICS, layout.SAMPLES):
+    path = os.path.join(workdir, name) if name else workdir
+    problem = (exits.writable_problem(path) if os.path.isdir(path) else
+               exits.appendable_problem(path) if os.path.isfile(path) else None)
+    if problem:
+      raise UserError(f"--workdir={workdir}: cannot write in {path} ({problem}); evaluation appends its results to "
+                      f"{layout.METRICS} there: make the run writable, or evaluate a copy")

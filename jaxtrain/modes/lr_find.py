@@ -31,8 +31,7 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import config as config_lib
-from jaxtrain import data
-from jaxtrain import train
+from jaxtrain.training import build as build_lib
 from jaxtrain.errors import UserError
 
 BETA = 0.98             # Smoothing of the loss (fastai, Lightning).
@@ -57,7 +56,7 @@ class Result:
 def run(config, workdir, *, out="lr_find.png", lr_min=1e-7, lr_max=10.0, steps=100):
   """Runs the range test for `config`; `workdir` is only checked against `out`, never touched."""
   fmt = _check_arguments(workdir, out, lr_min, lr_max, steps)
-  exp = train.build(ramp_config(config, lr_min, lr_max, steps), workdir=None)  # None: init_from never resumes.
+  exp = build_lib.build(ramp_config(config, lr_min, lr_max, steps), workdir=None)  # None: init_from never resumes.
   main = jax.process_index() == 0
   if main:
     fresh = "fresh parameters" + (" with init_from" if exp.init_from else "")
@@ -92,10 +91,7 @@ def ramp_config(config, lr_min, lr_max, steps):
 def ramp(exp, steps):
   """Trains `exp` (built by `ramp_config`) until the loss diverges or `steps` are done."""
   strategy = exp.strategy
-  state = strategy.init(exp.create, exp.abstract_state)
-  if exp.init_from:
-    state = exp.init_from.apply(state)
-  batches = data.pipeline.iterate(exp.data.train_ds, num_threads=exp.data.num_threads, prefetch=exp.data.prefetch)
+  state, batches = exp.fresh_state(), exp.batches()
   lrs, losses, smoothed = [], [], []
   average = best = 0.0
   stop = (f"reached --lr_find_max after {steps} steps without the loss diverging "

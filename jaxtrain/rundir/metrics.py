@@ -16,6 +16,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from jaxtrain.rundir import layout
 from jaxtrain.rundir import storage
 
 
@@ -30,12 +31,12 @@ class Writer:
       return
     from tensorboardX import SummaryWriter, record_writer  # pylint: disable=import-outside-toplevel
     record_writer.register_writer_factory("gs", _EventObjects())
-    self._jsonl = _Lines(os.path.join(workdir, "metrics.jsonl"), start_step, create=True)
-    self._samples = _Lines(os.path.join(workdir, "samples.jsonl"), start_step)  # Made at the first text.
+    self._jsonl = _Lines(os.path.join(workdir, layout.METRICS), start_step, create=True)
+    self._samples = _Lines(os.path.join(workdir, layout.SAMPLES), start_step)  # Made at the first text.
     # purge_step hides the events an interrupted run wrote after the checkpoint. An event
     # file is named by the second it starts and the host: the suffix keeps a start within
     # the same second (a resume, an evaluation) from overwriting the one before.
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30,
+    self._tb = SummaryWriter(os.path.join(workdir, layout.TENSORBOARD), flush_secs=30,
                              purge_step=None if start_step is None else start_step + 1,
                              filename_suffix=f".{os.getpid()}.{'eval' if start_step is None else start_step}")
     for tracker in self._trackers:

@@ -53,7 +53,8 @@ import time
 import jax
 from absl import logging
 
-from jaxtrain.rundir import storage
+from jaxtrain.errors import chain
+from jaxtrain.rundir import layout
 
 # Exit status of a process that stopped because a peer was lost: EX_TEMPFAIL ("temporary
 # failure; retrying may succeed"), which is what running all processes again does.
@@ -111,9 +112,8 @@ def exit_lost(evidence, workdir=None):
 
 
 def message(evidence, num_processes, workdir):
-  from jaxtrain.checkpoints import checkpointer as checkpoint  # pylint: disable=import-outside-toplevel  (checkpoint imports us)
-  where = os.path.join(storage.absolute(workdir), "checkpoints") if workdir else None
-  newest = checkpoint.newest_complete_step(where) if where else None
+  where = layout.checkpoints(workdir) if workdir else None
+  newest = layout.newest_complete_step(workdir) if workdir else None
   again = f"run all {num_processes} processes again"
   if newest is None:
     resume = f"{again} to start over (no checkpoint was complete yet)"
@@ -289,16 +289,3 @@ def _recv(sock):
     return sock.recv(4096)
   except OSError:
     return b""
-
-
-def chain(error):
-  """`error` and its causes and contexts, each once."""
-  seen = []
-  stack = [error]
-  while stack:
-    e = stack.pop()
-    if e is None or any(e is s for s in seen):
-      continue
-    seen.append(e)
-    stack += [e.__cause__, e.__context__]
-  return seen

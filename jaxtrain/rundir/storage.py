@@ -31,15 +31,57 @@ def is_gcs(path):
 
 def absolute(path):
   """A local path made absolute (os.path.abspath: a literal '~' stays, as the shell left
-  it); a gs:// path as given, less a trailing '/'."""
+  it); a gs:// path as given, less a trailing '/', its bucket's name checked."""
   path = str(path)
-  return path.rstrip("/") if is_gcs(path) else os.path.abspath(path)
+  if not is_gcs(path):
+    return os.path.abspath(path)
+  check_name(path)
+  return path.rstrip("/")
 
 
 def one_spelling(workdir):
   """A gs:// work directory less a trailing '/' (gs://b/p/ and gs://b/p are one directory,
   but would name different objects); a local one as given."""
-  return absolute(workdir) if is_gcs(workdir) else workdir
+  if not is_gcs(workdir):
+    return workdir
+  check_name(workdir, f"--workdir={workdir}")
+  return absolute(workdir)
+
+
+RULES = ("3-63 characters of lowercase letters, digits, '-', '_' and '.', starting and ending with a letter or digit; "
+         "with dots, up to 222, each part between dots at most 63")
+
+
+def check_name(path, label=None):
+  """One line when the bucket of the gs:// `path` has no valid name. Every gs:// path passes
+  here (absolute, _fs) before Cloud Storage is reached: TensorStore ends in a traceback."""
+  label = label or path
+  bucket, _ = bucket_of(str(path))
+  if not bucket:
+    raise UserError(f"{label} names no bucket; give gs://BUCKET/PATH")
+  problem = name_problem(bucket)
+  if problem:
+    raise UserError(f"{label}: bucket name {bucket!r} is invalid: {problem}; fix it (Cloud Storage bucket names "
+                    f"are {RULES})")
+
+
+@functools.cache
+def name_problem(bucket):
+  """What breaks Cloud Storage's naming rules in `bucket`, or None."""
+  bad = next((c for c in bucket if c not in "abcdefghijklmnopqrstuvwxyz0123456789-_."), None)
+  if bad is not None:
+    return f"{bad!r} is not allowed"
+  if len(bucket) < 3:
+    return "it is shorter than 3 characters"
+  if not (bucket[0].isalnum() and bucket[-1].isalnum()):
+    return "it must start and end with a letter or digit"
+  if "." not in bucket and len(bucket) > 63:
+    return "it is longer than 63 characters"
+  if len(bucket) > 222:
+    return "it is longer than 222 characters"
+  if any(len(part) > 63 for part in bucket.split(".")):
+    return "a part between dots is longer than 63 characters"
+  return None
 
 
 def bucket_of(path):
@@ -97,6 +139,7 @@ def _require():
 
 
 def _fs(path):
+  check_name(path)
   fs = gcs()
   fs.invalidate_cache()  # Another process (the run, its other hosts) may have written since.
   return fs
@@ -235,9 +278,8 @@ def append_text(path, text):
 def check_bucket(workdir):
   """One line, before anything is written, when the bucket of a gs:// `workdir` cannot be
   used: it does not exist, or there are no credentials, or no permission to read it."""
+  check_name(workdir, f"--workdir={workdir}")
   bucket, key = bucket_of(workdir)
-  if not bucket:
-    raise UserError(f"--workdir={workdir} names no bucket; give gs://BUCKET/PATH")
   _require()
   from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
   try:

@@ -29,7 +29,6 @@ the source is not read (it may be gone by then).
 
 import copy
 import dataclasses
-import json
 import os
 import re
 
@@ -37,17 +36,15 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from jaxtrain.checkpoints import checkpointer as checkpoint
-from jaxtrain.checkpoints import faults as checkpoint_faults
 from jaxtrain import config as config_lib
-from jaxtrain.lm import hf_llama
-from jaxtrain import models
+from jaxtrain.lm import hf
 from jaxtrain import paths
+from jaxtrain.rundir import layout
 from jaxtrain.rundir import storage
 from jaxtrain.data import text as text_lib
-from jaxtrain.errors import UserError, first_line
+from jaxtrain.errors import UserError
 
 
 @dataclasses.dataclass
@@ -93,7 +90,7 @@ def plan_for(section, abstract_state, module, workdir):
   `workdir` already has checkpoints (a resumed run reads its own, not the source's)."""
   if not section.keys():
     return None
-  if _has_checkpoints(workdir):
+  if workdir and layout.newest_complete_step(workdir) is not None:
     section.to_dict()  # Read: the start of this run checked them.
     logging.info("init_from is not applied: %s has checkpoints, and resuming reads its own.", workdir)
     return None
@@ -159,9 +156,6 @@ def _plan(section, abstract_state, module):
 
 # ---- init_from.model=True: the model section and tokenizer of the source ------------------
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")  # What a run keeps beside config.json.
-
-
 def resolve_model(config, workdir=None):
   """`config` with the source's architecture when `init_from.model` is True, else `config`.
 
@@ -175,9 +169,9 @@ def resolve_model(config, workdir=None):
     return config
   if not isinstance(section.get("model"), bool):
     raise UserError(f"config key 'init_from.model' must be True or False, got {section.get('model')!r}")
-  saved = _saved_config(workdir)
+  saved = layout.saved_config(workdir)
   if saved is not None:
-    base, tokenizer, where = saved.get("model", {}), _kept_tokenizer(workdir), workdir
+    base, tokenizer, where = saved.get("model", {}), layout.kept_tokenizer(workdir), workdir
   else:
     base, tokenizer, where = _source_model(section)
   overrides = {k: v for k, v in (config.get("model") or {}).items() if v is not None}
@@ -211,14 +205,11 @@ def _source_model(section):
     if not os.path.isdir(hf_dir):
       raise UserError(f"init_from.hf_dir={hf_dir} is not a directory; give a Hugging Face Llama directory "
                       f"(config.json, *.safetensors)")
-    kwargs, _ = hf_llama.read_config(hf_dir)
-    return dict(name="llama", **{k: v for k, v in kwargs.items() if v is not None}), hf_dir, hf_dir
-  workdir = os.path.expanduser(workdir)
-  path = os.path.join(workdir, "config.json")
-  if not storage.isfile(path):
-    raise UserError(f"init_from.workdir={workdir} has no config.json; give the work directory of a jaxtrain run")
-  run_config = json.loads(storage.read_text(path))
-  tokenizer = _kept_tokenizer(workdir)
+    family, kwargs, _ = hf.read_config(hf_dir)
+    return dict(name=family.model_name, **{k: v for k, v in kwargs.items() if v is not None}), hf_dir, hf_dir
+  workdir = _given_path(workdir)
+  run_config = layout.read_config(workdir, key="init_from.workdir")
+  tokenizer = layout.kept_tokenizer(workdir)
   data = run_config.get("input", {}).get("data", {})
   if tokenizer is None and text_lib.is_text(config_lib.Reader(data)):
     # Runs from before the copy was kept: the tokenizer their config names or trained.
@@ -232,24 +223,10 @@ def _check_one_source(workdir, hf_dir):
                     "Llama directory)" + (", not both" if workdir else ""))
 
 
-def _saved_config(workdir):
-  """The config.json of a work directory that has checkpoints (a resume), else None."""
-  path = os.path.join(workdir or "", "config.json")
-  if not (_has_checkpoints(workdir) and storage.isfile(path)):
-    return None
-  return json.loads(storage.read_text(path))
-
-
-def _has_checkpoints(workdir):
-  return bool(workdir) and checkpoint_faults.newest_complete_step(os.path.join(workdir, "checkpoints")) is not None
-
-
-def _kept_tokenizer(workdir):
-  """The tokenizer file a run keeps, local (a copy of a gs:// one: the tokenizer libraries
-  read local files), or None."""
-  kept = next((os.path.join(workdir, name) for name in TOKENIZER_FILES
-               if storage.isfile(os.path.join(workdir, name))), None)
-  return storage.local_copy(kept, beside=("tokenizer_config.json",)) if kept and storage.is_gcs(kept) else kept
+def _given_path(path):
+  """A path from the config, made absolute once: the run may read it from elsewhere (Orbax
+  reads no metadata through a relative path)."""
+  return storage.absolute(os.path.expanduser(path))
 
 
 class _RunSource:
@@ -257,69 +234,51 @@ class _RunSource:
   partial restore of its 'params' and 'rest' items."""
 
   def __init__(self, workdir, section):
-    if not storage.isdir(os.path.join(workdir, "checkpoints")):
+    workdir = _given_path(workdir)
+    if not layout.has_checkpoints(workdir):
       raise UserError(f"{section.path('workdir')}={workdir} holds no checkpoints/; give the work directory of a "
                       f"jaxtrain run")
     ckpt = checkpoint.Checkpointer(workdir, read_only=True)
     try:
-      saved = ckpt.all_steps()
+      self.step = layout.pick_step(ckpt.all_steps(), section.get("step", kind=int), workdir, key=section.path("step"))
+      self.shapes = ckpt.variable_shapes(self.step)
     finally:
       ckpt.close()
-    step = section.get("step", saved[-1] if saved else None, kind=int)
-    if step not in saved:
-      raise UserError(f"{section.path('step')}: {workdir} has no checkpoint at step {step}; it has "
-                      f"{', '.join(map(str, saved)) or 'none'}")
-    self.what, self.where = f"{workdir} step {step}", os.path.join(workdir, "checkpoints", str(step))
-    self.shapes = {}
-    for item in ("params", "rest"):
-      try:
-        metadata = ocp.StandardCheckpointer().metadata(os.path.join(self.where, item)).item_metadata
-      except Exception as e:  # pylint: disable=broad-except  (any unreadable checkpoint: one line)
-        raise UserError(f"init_from: cannot read the metadata of {self.where}/{item}: {first_line(e)}") from None
-      tree = metadata.tree if hasattr(metadata, "tree") else metadata
-      if item == "rest":
-        tree = tree.get("model_state", {})
-      self.shapes.update({_source_name(item, path): tuple(leaf.shape) for path, leaf in _flat(tree)})
+    self.workdir, self.what = workdir, f"{workdir} step {self.step}"
+    self.where = f"{layout.checkpoints(workdir)}/{self.step}"
 
   def read(self, targets):
     """{source name: array} for {source name: ShapeDtypeStruct with a sharding}."""
-    items = {}  # Checkpoint item ('params' or 'rest') -> the partial tree to restore.
-    for old, target in targets.items():
-      keys = old.split("/")
-      item, keys = ("params", keys[1:]) if keys[0] == "params" else ("rest", ["model_state"] + keys)
-      _put(items.setdefault(item, {}), keys, target)
-    restored = {}
-    with ocp.PyTreeCheckpointer() as reader:
-      for item, tree in items.items():
-        got = reader.restore(os.path.join(self.where, item), args=ocp.args.PyTreeRestore(
-            item=tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree), partial_restore=True))
-        restored.update({_source_name(item, path): leaf for path, leaf in _flat(got)})
-    return restored
+    ckpt = checkpoint.Checkpointer(self.workdir, read_only=True)
+    try:
+      return ckpt.restore_named(self.step, targets)
+    finally:
+      ckpt.close()
 
 
 class _HFSource:
-  """A Hugging Face Llama directory, seen as the jaxtrain Llama its config.json describes
-  (scanning layers as the new model does): names 'params/...', read by
-  hf_llama.load_params slice by slice into the new model's shardings."""
+  """A Hugging Face directory, seen as the jaxtrain model its config.json describes
+  (scanning layers as the new model does): names 'params/...', read by hf.load_params
+  slice by slice into the new model's shardings."""
 
   def __init__(self, directory, key, module):
     if not os.path.isdir(directory):
       raise UserError(f"{key}={directory} is not a directory; give a Hugging Face Llama directory (config.json, "
                       f"*.safetensors)")
-    kwargs, _ = hf_llama.read_config(directory)
+    self.family, kwargs, _ = hf.read_config(directory)
     scan = {"scan_layers": module.scan_layers} if hasattr(module, "scan_layers") else {}
-    llama = models.llama.Llama(**kwargs, **scan)
-    abstract = jax.eval_shape(lambda: llama.init(jax.random.PRNGKey(0), np.zeros((1, 8), np.int32), train=False))
-    hf_llama.check_weights(directory, abstract["params"])  # Headers only: a broken directory says so now.
+    source = self.family.module(**kwargs, **scan)
+    abstract = jax.eval_shape(lambda: source.init(jax.random.PRNGKey(0), np.zeros((1, 8), np.int32), train=False))
+    hf.check_weights(directory, self.family, abstract["params"])  # Headers only: a broken directory says so now.
     self.what = self.where = directory
-    self.shapes = {f"params/{paths.name_of(path)}": tuple(leaf.shape) for path, leaf in _flat(abstract["params"])}
+    self.shapes = {name: tuple(leaf.shape) for name, leaf in paths.named_leaves(abstract["params"], "params/")}
 
   def read(self, targets):
     tree = {}
     for old, target in targets.items():
       _put(tree, old.split("/")[1:], target)  # Without 'params/'.
-    loaded = hf_llama.load_params(self.where, tree, allow_unused=True)
-    return {f"params/{paths.name_of(path)}": leaf for path, leaf in _flat(loaded)}
+    loaded = hf.load_params(self.where, self.family, tree, allow_unused=True)
+    return dict(paths.named_leaves(loaded, "params/"))
 
 
 def _put(tree, keys, value):
@@ -328,20 +287,7 @@ def _put(tree, keys, value):
   tree[keys[-1]] = value
 
 
-def _flat(tree):
-  return jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
-
-
-def _source_name(item, path):
-  """'params/Conv_0/kernel' for item 'params'; 'batch_stats/BatchNorm_0/mean' for a
-  model_state array of item 'rest' (whose paths start at the collection)."""
-  name = paths.name_of(path)
-  if item == "params":
-    return f"params/{name}"
-  return name[len("model_state/"):] if name.startswith("model_state/") else name
-
-
 def _variables_by_name(state):
   """{'params/...' or 'batch_stats/...': array} of a TrainState (concrete or abstract)."""
   variables = {"params": state.params, **state.model_state}
-  return {paths.name_of(path): leaf for path, leaf in _flat(variables)}
+  return dict(paths.named_leaves(variables))

@@ -93,7 +93,7 @@ def param_groups(optimizer, params, trainable_only=None):
   lr_of = paths.match(params, [p for p, _ in lr_rules], optimizer.path("lr_mults"), what, prefix=_NAME_PREFIX)
   wd_rules = _rules(optimizer, "wd_mults")
   wd_of = paths.match(params, [p for p, _ in wd_rules], optimizer.path("wd_mults"), what, prefix=_NAME_PREFIX)
-  named = [(_NAME_PREFIX + paths.name_of(path), leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)]
+  named = paths.named_leaves(params, _NAME_PREFIX)
   by_name = lambda indices, fn: {name: fn(i) for (name, _), i in zip(named, jax.tree.leaves(indices))}
   frozen = by_name(frozen_of, lambda i: i >= 0)
   if trainable_only is not None:

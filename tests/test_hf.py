@@ -15,7 +15,7 @@ import pytest
 
 import hf_dirs
 from conftest import ROOT
-from jaxtrain.lm import hf_llama
+from jaxtrain.lm import hf
 from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.data import tokenizers
 from jaxtrain.errors import UserError
@@ -62,7 +62,7 @@ def test_config_json_as_transformers_5_writes_it_reads_the_same(variant, tmp_pat
     written = json.load(f)
   assert "rope_parameters" in written and "rope_theta" not in written
   (theirs / "config.json").write_text(json.dumps(written))
-  assert hf_llama.read_config(str(theirs)) == hf_llama.read_config(ours)
+  assert hf.read_config(str(theirs)) == hf.read_config(ours)
 
 
 def test_export_hf_writes_what_loads_back_identically(hf_dir, tmp_path):
@@ -86,13 +86,34 @@ def test_export_hf_writes_what_loads_back_identically(hf_dir, tmp_path):
     lm.export_hf(out)
 
 
+def test_export_leaves_alone_what_it_did_not_make(hf_dir, tmp_path):
+  """`OUT.partial/` is the user's own: it used to be deleted as export's scratch space."""
+  lm = lm_lib.load(hf_dir[1])
+  out = tmp_path / "exported"
+  mine = tmp_path / "exported.partial"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("my notes")
+  lm.export_hf(str(out))
+  assert (mine / "notes.txt").read_text() == "my notes"
+  assert sorted(os.listdir(tmp_path)) == ["exported", "exported.partial"]  # No scratch directory left either.
+  assert oct(os.stat(out).st_mode & 0o777) == oct(0o777 & ~_umask())  # An ordinary directory, not mkdtemp's 0o700.
+  with pytest.raises(UserError, match=f"cannot write {tmp_path}/nowhere/out: {tmp_path}/nowhere is not a directory"):
+    lm.export_hf(str(tmp_path / "nowhere" / "out"))
+
+
+def _umask():
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def test_a_scanned_model_loads_the_same_weights(hf_dir):
   """scan_layers stacks the layers on axis 0: each layer's slice comes from its own tensor."""
   variant, directory = hf_dir
   lm = lm_lib.load(directory)
   scanned = lm.module.clone(scan_layers=True)
   abstract = lm_lib.abstract_variables(scanned, lm_lib.strategy_for())
-  params = hf_llama.load_params(directory, abstract["params"])
+  params = hf.load_params(directory, lm.family, abstract["params"])
   assert params["layers"]["self_attn"]["q_proj"]["kernel"].shape[0] == hf_dirs.VARIANTS[variant]["num_hidden_layers"]
   logits, _ = scanned.apply({"params": params}, hf_dirs.TOKENS, train=False)
   np.testing.assert_allclose(np.asarray(logits), REFERENCE[f"logits_{variant}"], atol=1e-4, rtol=0)
@@ -104,15 +125,15 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 sys.path.insert(0, {tests!r})
 import jax, numpy as np
 import hf_dirs
-from jaxtrain.lm import hf_llama
+from jaxtrain.lm import hf
 from jaxtrain.lm import language_model as lm_lib
 reads = []
-read = hf_llama._Files.read
+read = hf._Files.read
 def counting_read(self, name, index, transposed):
   part = read(self, name, index, transposed)
   reads.append((name, part.size, int(np.prod(self.shape(name)))))
   return part
-hf_llama._Files.read = counting_read
+hf._Files.read = counting_read
 lm = lm_lib.load({directory!r}, parallel_config=dict(mesh=dict(data=1, fsdp=8), fsdp_min_size=1024))
 q = lm.variables["params"]["layers_0"]["self_attn"]["q_proj"]["kernel"]
 lm.sampler.eos_ids = ()
@@ -151,7 +172,7 @@ def test_a_path_that_is_not_a_model_is_named(tmp_path):
 
 def test_a_config_json_of_another_architecture_is_refused(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
-  with pytest.raises(UserError, match=r"describes GPT2LMHeadModel, not the Llama architecture \(LlamaForCausalLM\)"):
+  with pytest.raises(UserError, match=r"describes GPT2LMHeadModel, not an architecture jaxtrain reads \(LlamaForCausalLM\)"):
     lm_lib.load(str(tmp_path))
 
 

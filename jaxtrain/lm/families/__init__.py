@@ -1,0 +1,78 @@
+"""Model families: how a jaxtrain model maps to and from the formats other tools keep.
+
+A family is one file here that registers itself: which Hugging Face architecture it reads
+(`config.json`'s `architectures` or `model_type`), how that config becomes the keyword
+arguments of a jaxtrain model (and back), and how each parameter is named in the other
+format's state dict. `lm.hf` reads and writes directories through the family, so a new
+architecture needs its Flax module (`jaxtrain.models`) and one file here; nothing else in
+jaxtrain names an architecture.
+"""
+
+import re
+
+from jaxtrain.errors import UserError
+
+
+class Family:
+  """What a model family says about itself. Subclasses set the class attributes and
+  implement the methods; `register` makes them known."""
+  title = None          # For messages ('Llama').
+  model_name = None     # The name in jaxtrain.models.MODELS ('llama').
+  architecture = None   # Hugging Face's class name ('LlamaForCausalLM').
+  model_type = None     # Hugging Face's config.json model_type ('llama').
+  stacked_prefix = None  # Parameter paths of layers stacked by scan ('layers/'), one slice per layer.
+  ignored = re.compile(r"(?!)")  # Hugging Face weights read by nothing (recomputed buffers).
+
+  def module(self, **kwargs):
+    """The Flax module for the keyword arguments `from_hf_config` returns."""
+    raise NotImplementedError
+
+  def from_hf_config(self, config, path):
+    """(module keyword arguments, extras: context_length, bos_id, eos_ids) of an HF config
+    dict read from `path`; one line for a setting the module cannot express."""
+    raise NotImplementedError
+
+  def to_hf_config(self, module, context_length, dtype, special):
+    """The HF config.json dict of `module` (special: bos/eos/pad token ids)."""
+    raise NotImplementedError
+
+  def hf_name(self, path, layer=None):
+    """(the HF state-dict name of param path `path`, whether it is transposed there);
+    `layer` picks the layer of a stacked (scanned) param."""
+    raise NotImplementedError
+
+  def is_stacked(self, path):
+    return bool(self.stacked_prefix) and path.startswith(self.stacked_prefix)
+
+
+_FAMILIES = []
+
+
+def register(cls):
+  """Class decorator: makes a Family known by its model name and Hugging Face names."""
+  _FAMILIES.append(cls())
+  return cls
+
+
+def for_model(name, where):
+  """The family of jaxtrain model `name` (a run's model.name); one line if none."""
+  for family in _FAMILIES:
+    if family.model_name == name:
+      return family
+  raise UserError(f"{where} trains model '{name}', which has no language-model family (jaxtrain.lm knows "
+                  f"{', '.join(repr(f.model_name) for f in _FAMILIES)})")
+
+
+def for_hf_config(config, path):
+  """The family of a Hugging Face config dict (read from `path`); one line if none."""
+  architectures = config.get("architectures") or []
+  for family in _FAMILIES:
+    if family.architecture in architectures or config.get("model_type") == family.model_type:
+      return family
+  what = ", ".join(architectures) or config.get("model_type") or "an unknown model"
+  raise UserError(f"{path} describes {what}, not an architecture jaxtrain reads "
+                  f"({', '.join(f.architecture for f in _FAMILIES)})")
+
+
+# Importing the families registers them.
+from jaxtrain.lm.families import llama  # pylint: disable=wrong-import-position,unused-import  # noqa: E402,F401
