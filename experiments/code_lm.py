@@ -12,7 +12,7 @@ greedy completions of three prompts to samples.jsonl. Then:
 
     python -m jaxtrain.generate --model=runs/code_lm --prompt='def '
 
-Figures and samples: WORKSPACE.md.
+Figures and samples: docs/results.md.
 """
 
 import ml_collections
@@ -26,7 +26,7 @@ def get_config(arg=None):
   del arg
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.update(duration("total", steps=400))  # ~17 minutes on 2 CPU cores: see WORKSPACE.md.
+  c.update(duration("total", steps=400))  # ~19 minutes on 2 CPU cores: see docs/results.md.
   c.update(duration("log_every", steps=25))
 
   c.input = ml_collections.ConfigDict()

@@ -28,14 +28,14 @@ def get_config(arg=None):
 
   if variant == "cnn":
     # On CPUs, --config.model.conv=im2col --config.model.pool=reshape trains 1.75x faster
-    # (WORKSPACE.md, Benchmarks).
+    # (docs/results.md, Benchmarks).
     c.model = dict(name="cnn", num_classes=10, features=(32, 64), dense=128, dropout=0.1, dtype="float32",
                    conv="xla", pool="window")
   elif variant == "mlp":
     c.model = dict(name="mlp", num_classes=10, hidden=(256, 256), dropout=0.1, dtype="float32")
   else:
     raise ValueError(f"unknown variant '{variant}': use experiments/digits.py:cnn or :mlp")
-  # One device or many: the same run. See WORKSPACE.md, "Scaling out".
+  # One device or many: the same run. See docs/scaling.md.
   c.parallel = dict(strategy="jit", mesh=dict(data=-1, fsdp=1, tensor=1), fsdp_min_size=2**16, rules=(),
                     accumulate_steps=1)
   c.loss = dict(name="softmax_xent", label_smoothing=0.0)

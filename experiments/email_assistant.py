@@ -23,7 +23,7 @@ two held-out emails at each evaluation (samples.jsonl). Then draft your own:
     #   lm.generate(documents.reply_prompt(message, {"From": me, "To": them, "Subject": "Re: ..."}))
 
 and export it: `python -m jaxtrain.export --workdir=runs/email --format=peft|hf --out=DIR`.
-Measured: WORKSPACE.md, "The email assistant".
+Measured: docs/fine_tuning.md, "The email assistant".
 """
 
 import ml_collections

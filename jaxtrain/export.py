@@ -18,9 +18,9 @@ from absl import flags
 from absl import logging
 
 from jaxtrain.checkpoints import checkpointer as checkpoint
+from jaxtrain import errors
 from jaxtrain.errors import UserError, exit_with
 from jaxtrain.lm.export import export
-from jaxtrain.rundir import exits
 from jaxtrain.rundir import storage
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The jaxtrain work directory (a language model run) to export.")
@@ -36,7 +36,7 @@ def check_out(out):
   parent = os.path.dirname(out)
   if storage.is_gcs(out) or not os.path.isdir(parent):
     return
-  problem = exits.writable_problem(parent)
+  problem = storage.writable_problem(parent)
   if problem:
     raise UserError(f"--out={out}: cannot write in {parent} ({problem}); export to a writable place")
 
@@ -49,7 +49,7 @@ def main(argv):
   try:
     if not _WORKDIR.value or not _OUT.value:
       raise UserError("give --workdir=RUN and --out=DIR")
-    workdir, out = exits.absolute_path(_WORKDIR.value, "workdir"), exits.absolute_path(_OUT.value, "out")
+    workdir, out = storage.absolute_path(_WORKDIR.value, "workdir"), storage.absolute_path(_OUT.value, "out")
     check_out(out)
     export(workdir, _FORMAT.value, out, _STEP.value, _DTYPE.value)
   except UserError as e:
@@ -59,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=exits.parse_flags)
+  app.run(main, flags_parser=errors.parse_flags)

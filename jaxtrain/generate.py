@@ -20,9 +20,9 @@ from absl import flags
 from absl import logging
 
 from jaxtrain.checkpoints import checkpointer as checkpoint
-from jaxtrain.lm import language_model as lm_lib
+from jaxtrain import errors
 from jaxtrain.errors import UserError, exit_with
-from jaxtrain.rundir import exits
+from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.rundir import storage
 
 _MODEL = flags.DEFINE_string("model", None, "A jaxtrain work directory or a Hugging Face Llama directory.")
@@ -82,9 +82,9 @@ def check_output(path):
   if os.path.isdir(path):
     raise UserError(f"--output={path} is a directory; give a file name")
   parent = os.path.dirname(path)
-  if exits.existing_parent(path, "output") != parent:  # Which names a file in a directory's place.
+  if storage.existing_parent(path, "output") != parent:  # Which names a file in a directory's place.
     raise UserError(f"--output={path}: directory {parent} does not exist; create it first")
-  problem = exits.appendable_problem(path) if os.path.exists(path) else exits.writable_problem(parent)
+  problem = storage.appendable_problem(path) if os.path.exists(path) else storage.writable_problem(parent)
   if problem:
     raise UserError(f"--output={path}: cannot write it ({problem}); pick a writable place")
 
@@ -97,7 +97,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   logging.get_absl_handler().addFilter(checkpoint.QuietReading())
   try:
-    model_path, prompts_file, output = (exits.absolute_path(flag.value, flag.name)
+    model_path, prompts_file, output = (storage.absolute_path(flag.value, flag.name)
                                         for flag in (_MODEL, _PROMPTS_FILE, _OUTPUT))
     prompts = [_unescape(p) for p in _PROMPT.value] + (read_prompts(prompts_file) if prompts_file else [])
     if not prompts:
@@ -122,4 +122,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=exits.parse_flags)
+  app.run(main, flags_parser=errors.parse_flags)

@@ -23,14 +23,16 @@ import jax
 from ml_collections import config_flags
 
 from jaxtrain import config as config_lib
+from jaxtrain import errors
+from jaxtrain.errors import UserError, exit_with
 from jaxtrain.modes import dry_run
 from jaxtrain.modes import evaluate
 from jaxtrain.modes import lr_find
 from jaxtrain import parallel
 from jaxtrain.rundir import exits
 from jaxtrain.rundir import peers
+from jaxtrain.rundir import storage
 from jaxtrain import train
-from jaxtrain.errors import UserError, exit_with
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file: path/to/experiment.py, or path.py:arg.", lock_config=True)
@@ -71,7 +73,7 @@ def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}; flags are written --name=value")
   try:
-    workdir = exits.absolute_path(_WORKDIR.value, "workdir")  # Once, here: every mode gets the same path.
+    workdir = storage.absolute_path(_WORKDIR.value, "workdir")  # Once, here: every mode gets the same path.
   except UserError as e:
     _fail(e)
   if not _LIBRARY_INFO.value:
@@ -123,7 +125,7 @@ def _parse_flags(argv):
       _fail(f"{text.split(': Error whilst', 1)[0]}: get_config raised {text.strip().splitlines()[-1]}")
     if text.startswith("flag --config."):  # A bad override, in ml_collections' words (key, value and why).
       _fail(text)
-    _fail(exits.flag_problem(e, argv))
+    _fail(errors.flag_problem(e, argv))
   except SyntaxError as e:
     _fail(f"--config: {e.filename}:{e.lineno}: SyntaxError: {e.msg}")
   except (AttributeError, KeyError) as e:

@@ -24,11 +24,11 @@ from absl import flags
 from absl import logging
 
 from jaxtrain.checkpoints import checkpointer as checkpoint
-from jaxtrain.lm import language_model as lm_lib
+from jaxtrain import errors
 from jaxtrain.errors import UserError, exit_with
 from jaxtrain.evals import harness as harness_lib
 from jaxtrain.evals import lm_tasks
-from jaxtrain.rundir import exits
+from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.rundir import storage
 
 _MODEL = flags.DEFINE_string("model", None, "A jaxtrain work directory or a Hugging Face Llama directory.")
@@ -42,7 +42,8 @@ _LIMIT = flags.DEFINE_integer("limit", None, "Score only the first N documents o
 _OUTPUT_PATH = flags.DEFINE_string("output_path", None, "Write results.json (and samples) to this directory.")
 _LOG_SAMPLES = flags.DEFINE_bool("log_samples", False, "Also write samples_TASK.jsonl, one line per document.")
 _ADD_BOS = flags.DEFINE_bool("add_bos_token", None, "BOS before every context. Default: as the harness does, where "
-                             "the tokenizer itself adds one (Llama's do; jaxtrain's own do not).")
+                             "the tokenizer itself adds one (Llama's, SentencePiece models and the BPE a run trains "
+                             "do; SmolLM2's does not).")
 _BATCH_TOKENS = flags.DEFINE_integer("batch_tokens", 8192, "Tokens per scoring batch.", lower_bound=1)
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Computation dtype (default: the model's).")
 
@@ -56,30 +57,12 @@ def load_tasks(tasks_flag, fewshot_flag):
     raise UserError(f"--fewshot_file names {len(fewshot)} files for {len(paths)} tasks; give one per task")
   tasks = []
   for i, path in enumerate(paths):
-    try:
-      tasks.append(lm_tasks.load(path, fewshot[i] if fewshot else None))
-    except UnicodeDecodeError:  # A binary file, read as text: which one, and where.
-      for given in [path] + fewshot[i:i + 1]:
-        check_text(given)
-      raise UserError(f"task spec {path}: its documents are not UTF-8 text (a binary file?); give a .jsonl file, "
-                      f"one JSON document a line") from None
+    tasks.append(lm_tasks.load(path, fewshot[i] if fewshot else None))
   names = [t.name for t in tasks]
   twice = sorted({n for n in names if names.count(n) > 1})
   if twice:
     raise UserError(f"two task files are both named {twice[0]!r}: results are keyed by the file's stem; rename one")
   return tasks
-
-
-def check_text(path):
-  """One line naming the file and its line, where task file `path` is not UTF-8 text."""
-  with open(path, "rb") as f:
-    data = f.read()
-  try:
-    data.decode("utf-8")
-  except UnicodeDecodeError as e:
-    line = data.count(b"\n", 0, e.start) + 1
-    raise UserError(f"task file {path}, line {line}: not UTF-8 text (a binary file?); give a .jsonl file, one JSON "
-                    f"document a line") from None
 
 
 def check_output_path(path):
@@ -92,8 +75,8 @@ def check_output_path(path):
                     f"storage cp -r` it to the bucket)")
   if os.path.exists(path) and not os.path.isdir(path):
     raise UserError(f"--output_path={path} is a file; give a directory")
-  directory = path if os.path.isdir(path) else exits.existing_parent(path, "output_path")
-  problem = exits.writable_problem(directory)
+  directory = path if os.path.isdir(path) else storage.existing_parent(path, "output_path")
+  problem = storage.writable_problem(directory)
   if problem:
     raise UserError(f"--output_path={path}: cannot write in {directory} ({problem}); pick a writable place")
 
@@ -133,8 +116,8 @@ def main(argv):
     exit_with("--model is required: a jaxtrain work directory or a Hugging Face Llama directory")
   logging.get_absl_handler().addFilter(checkpoint.QuietReading())
   try:
-    model_path, output_path = (exits.absolute_path(f.value, f.name) for f in (_MODEL, _OUTPUT_PATH))
-    task_files, fewshot_files = (",".join(exits.absolute_path(p, f.name) for p in (f.value or "").split(",") if p)
+    model_path, output_path = (storage.absolute_path(f.value, f.name) for f in (_MODEL, _OUTPUT_PATH))
+    task_files, fewshot_files = (",".join(storage.absolute_path(p, f.name) for p in (f.value or "").split(",") if p)
                                  for f in (_TASKS, _FEWSHOT_FILE))
     tasks = load_tasks(task_files, fewshot_files)
     check_output_path(output_path)
@@ -153,4 +136,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=exits.parse_flags)
+  app.run(main, flags_parser=errors.parse_flags)

@@ -30,8 +30,8 @@ import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from jaxtrain import paths
 from jaxtrain.errors import UserError, did_you_mean
+from jaxtrain import paths
 
 
 def join_processes(coordinator_address=None, num_processes=None, process_id=None):

@@ -24,9 +24,9 @@ import math
 import os
 import sys
 
-from jaxtrain import runs as runs_lib
+from jaxtrain import errors
 from jaxtrain.errors import UserError, exit_with
-from jaxtrain.rundir import exits
+from jaxtrain import runs as runs_lib
 
 NO_MATPLOTLIB = "matplotlib is not installed: pip install -e '.[plots]'"
 PANEL_SIZE = (4.6, 3.4)  # Inches, at 100 dots per inch.
@@ -166,7 +166,7 @@ def check_out(path):
 
 
 def main(argv=None):
-  parser = exits.ArgumentParser(prog="python -m jaxtrain.plot", allow_abbrev=False,
+  parser = errors.ArgumentParser(prog="python -m jaxtrain.plot", allow_abbrev=False,
                                    description="Curves of runs, one panel per metric, as a PNG.")
   parser.add_argument("runs", nargs="+", metavar="RUN", help="work directories")
   parser.add_argument("--metrics", help="comma-separated (default: train/loss and the first evaluator's metrics)")

@@ -18,7 +18,6 @@ counts such as val/num_examples. In a notebook:
 A run can be read while it trains: a half-written last line is left out.
 """
 
-import argparse
 import dataclasses
 import json
 import math
@@ -27,9 +26,10 @@ import sys
 from typing import NamedTuple
 
 from jaxtrain import config as config_lib
+from jaxtrain import errors
+from jaxtrain.errors import UserError, did_you_mean, exit_with
 from jaxtrain.rundir import layout
 from jaxtrain.rundir import storage
-from jaxtrain.errors import UserError, did_you_mean, exit_with
 
 X_AXES = ("step", "epoch", "examples")
 # Substrings of the names of metrics where lower is better; for every other metric higher is.
@@ -270,15 +270,8 @@ def table(runs, metrics):
   return "\n".join(lines)
 
 
-class ArgumentParser(argparse.ArgumentParser):
-  """argparse whose mistakes are one `error:` line and exit status 2, like every jaxtrain command."""
-
-  def error(self, message):
-    exit_with(message)
-
-
 def main(argv=None):
-  parser = ArgumentParser(prog="python -m jaxtrain.runs", allow_abbrev=False,
+  parser = errors.ArgumentParser(prog="python -m jaxtrain.runs", allow_abbrev=False,
                           description="Final and best metrics of runs, and the config values that differ.")
   parser.add_argument("runs", nargs="+", metavar="RUN", help="work directories")
   parser.add_argument("--metrics", help="comma-separated (default: train/loss and the evaluators' metrics)")

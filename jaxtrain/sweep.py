@@ -9,7 +9,7 @@ Each combination of values is one run, `python -m jaxtrain.launch ... --workdir=
 DIR/sweep.json keeps the definition and each run's outcome: the same command again skips
 the runs whose launch exited 0 and starts the others again, which resume from their newest
 checkpoint. At the end, the table best first by --metric goes to DIR/sweep.md and the plot
-to --out. WORKSPACE.md, "Sweeps", says the rest.
+to --out. docs/tools.md, "Sweeps", says the rest.
 """
 
 import ast
@@ -29,11 +29,13 @@ import subprocess
 import sys
 import time
 
+from jaxtrain import config as config_lib
+from jaxtrain import errors
+from jaxtrain.errors import UserError, did_you_mean, exit_with, first_line
 from jaxtrain import plot as plot_lib
-from jaxtrain import runs as runs_lib
 from jaxtrain.rundir import layout
 from jaxtrain.rundir import storage
-from jaxtrain.errors import UserError, did_you_mean, exit_with, first_line
+from jaxtrain import runs as runs_lib
 
 
 def split_values(text):
@@ -62,11 +64,6 @@ def load_config(spec):
     raise UserError(f"--config={spec}: loading it raised {type(e).__name__}: {first_line(e)}") from None
 
 
-def _leaves(config, prefix=""):
-  for key in config.keys():
-    yield from _leaves(config[key], f"{prefix}{key}.") if hasattr(config[key], "keys") else [f"{prefix}{key}"]
-
-
 def coerce(config, key, text, flag):
   """The value `text` gives the config's `key`, of the key's type (checked by assigning it
   to a copy, as the launcher's override would)."""
@@ -75,9 +72,11 @@ def coerce(config, key, text, flag):
   for part in sections:
     section = section.get(part) if hasattr(section, "keys") else None
   if not hasattr(section, "keys") or last not in section.keys():
-    raise UserError(f"{flag}: the config has no key '{key}'{did_you_mean(key, list(_leaves(config)))}")
+    known = config_lib.flatten(config.to_dict())
+    raise UserError(f"{flag}: the config has no key '{key}'{did_you_mean(key, known)}")
   if hasattr(section[last], "keys"):
-    raise UserError(f"{flag}: '{key}' is a section: give one of {', '.join(_leaves(section[last], key + '.'))}")
+    keys = config_lib.flatten(section[last].to_dict(), key + ".")
+    raise UserError(f"{flag}: '{key}' is a section: give one of {', '.join(keys)}")
   kind = section.get_type(last)
   try:
     value = ast.literal_eval(text)
@@ -341,9 +340,9 @@ def print_commands(args, runs):
 
 
 def main(argv=None):
-  parser = runs_lib.ArgumentParser(prog="python -m jaxtrain.sweep", allow_abbrev=False,
-                                   description="A grid of runs of one experiment, then a table and a plot.",
-                                   epilog="Further --config.a.b=VALUE arguments go to every run.")
+  parser = errors.ArgumentParser(prog="python -m jaxtrain.sweep", allow_abbrev=False,
+                                 description="A grid of runs of one experiment, then a table and a plot.",
+                                 epilog="Further --config.a.b=VALUE arguments go to every run.")
   parser.add_argument("--config", required=True, help="the experiment: path/to/experiment.py[:arg]")
   parser.add_argument("--workdir", required=True, help="the sweep's directory; each run in DIR/NAME")
   parser.add_argument("--sweep", action="append", required=True, help="KEY=V1,V2,...: a key and its values (repeat)")

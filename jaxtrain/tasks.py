@@ -23,8 +23,8 @@ import math
 
 import jax.numpy as jnp
 
-from jaxtrain import losses
 from jaxtrain.errors import UserError
+from jaxtrain import losses
 from jaxtrain.registry import Registry
 
 TASKS = Registry("task")

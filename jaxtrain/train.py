@@ -14,18 +14,18 @@ from absl import logging
 import jax
 import numpy as np
 
-from jaxtrain import config as config_lib
-from jaxtrain import evals
-from jaxtrain import step as step_lib
 from jaxtrain.checkpoints import checkpointer as checkpoint
+from jaxtrain import config as config_lib
 from jaxtrain.errors import UserError
+from jaxtrain import evals
 from jaxtrain.rundir import layout
-from jaxtrain.rundir import metrics as metrics_lib
-from jaxtrain.rundir import storage
 from jaxtrain.rundir.lock import lock_for
+from jaxtrain.rundir import metrics as metrics_lib
 from jaxtrain.rundir.preemption import Preempted, PreemptionWatch
-from jaxtrain.training import early_stopping
+from jaxtrain.rundir import storage
+from jaxtrain import step as step_lib
 from jaxtrain.training.build import build
+from jaxtrain.training import early_stopping
 
 
 class NonFiniteLoss(UserError):
@@ -182,8 +182,9 @@ def _check_workdir(workdir):
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise UserError(f"cannot create --workdir={workdir}: {e.strerror}; pick a writable directory") from None
-  if not os.access(workdir, os.W_OK):
-    raise UserError(f"--workdir={workdir} is not writable; pick a writable directory")
+  problem = storage.writable_problem(workdir)
+  if problem:
+    raise UserError(f"--workdir={workdir} is not writable ({problem}); pick a writable directory")
 
 
 def _write_config(workdir, config, first_step):

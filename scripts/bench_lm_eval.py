@@ -14,9 +14,9 @@ import time
 import jax
 import numpy as np
 
-from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.evals import harness as harness_lib
 from jaxtrain.evals import lm_tasks
+from jaxtrain.lm import language_model as lm_lib
 
 
 def main():

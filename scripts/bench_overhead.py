@@ -28,8 +28,8 @@ from jaxtrain import config as config_lib
 from jaxtrain import data
 from jaxtrain import losses
 from jaxtrain import models
-from jaxtrain.training import optim
 from jaxtrain import train
+from jaxtrain.training import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

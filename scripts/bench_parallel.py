@@ -37,8 +37,8 @@ import importlib.util
 
 import jax
 
-from jaxtrain.training import build as build_lib
 from jaxtrain.errors import UserError
+from jaxtrain.training import build as build_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -116,7 +116,7 @@ def check_run(run, work, report):
   detail = (f"{len(hf_ids)} vs {len(ids) - 1} ids, first difference at "
             f"{next((i for i, (a, b) in enumerate(zip(hf_ids, ids[1:])) if a != b), None)}")
   if lm.tokenizer.kind == "sentencepiece":
-    # Known (WORKSPACE.md): transformers converts tokenizer.model with its own pre-tokenizing,
+    # Known (docs/language_models.md): transformers converts tokenizer.model with its own pre-tokenizing,
     # which does not reproduce jaxtrain's lossless code settings. Reported, not failed.
     print(f"note {run}: transformers' tokenizer from tokenizer.model: {detail}")
   else:

@@ -1,5 +1,5 @@
 """Checks jaxtrain's LoRA against the `peft` library, and writes the reference outputs that
-tests/test_lora.py compares with (no PyTorch, transformers or peft there).
+tests/models/test_lora.py compares with (no PyTorch, transformers or peft there).
 
     pip install -e '.[peft]'     # transformers, PyTorch and peft: heavy, never needed otherwise
     python scripts/check_peft.py [--write]

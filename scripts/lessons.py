@@ -47,7 +47,7 @@ Measured 2026-11-24 on a 2-core CPU (no accelerator), code_lm of 400 steps, the 
 shared with other jobs for part of the time (load average up to 5): 876 s of wall time
 (lesson 1: 47 s, 2: 109 s, 3: 570 s, 4: 148 s). Lesson 3's two full fine-tuning runs took
 158-167 s each under that load, the mixture and LoRA runs 101 and 104 s with less of it.
-The tables and plots: WORKSPACE.md, "The lessons of fine-tuning", and docs/lessons/.
+The tables and plots: docs/lessons.md and docs/lessons/.
 """
 
 import argparse

@@ -1,8 +1,15 @@
-"""Shared fixtures: one TFDS data directory per test session, where digits is built once."""
+"""Shared fixtures: one TFDS data directory per test session, where digits is built once.
+
+The tests mirror the packages (tests/training/ for jaxtrain/training/, ...; tests/e2e/ for
+the runs that are killed, preempted, spread over processes or written to a bucket), and
+import each other's helpers by module name (`from test_train import tiny_config`): every
+folder here is on the path, in this process and in the processes the tests start.
+"""
 
 import importlib.util
 import os
 import shutil
+import sys
 import sysconfig
 import uuid
 
@@ -13,6 +20,12 @@ import pytest
 import gcs_emulator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, "tests")
+FOLDERS = [TESTS] + sorted(entry.path for entry in os.scandir(TESTS)
+                           if entry.is_dir() and any(name.startswith("test_") for name in os.listdir(entry.path)))
+sys.path[1:1] = [folder for folder in FOLDERS if folder not in sys.path]
+os.environ["PYTHONPATH"] = os.pathsep.join(FOLDERS + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                     if p])
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ import shutil
 import ml_collections
 import pytest
 
-from jaxtrain import train
 from jaxtrain.errors import UserError
+from jaxtrain import train
 from test_train import tiny_config
 
 def written_as(path, value):

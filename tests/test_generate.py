@@ -13,13 +13,13 @@ import pytest
 
 import hf_dirs
 from conftest import ROOT, tiny_lm
+from jaxtrain.config import duration
+from jaxtrain.data import tokenizers
+from jaxtrain.errors import UserError
 from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.rundir import metrics as metrics_lib
 from jaxtrain import train
 from jaxtrain.training import build as build_lib
-from jaxtrain.config import duration
-from jaxtrain.data import tokenizers
-from jaxtrain.errors import UserError
 
 PROMPTS = ("def ", "class Parser:\n    def ")
 

@@ -2,7 +2,7 @@
 evaluators): the sums against a direct computation, the contexts, task specs, the command's
 outputs and one-line errors, the evaluators during training, 8 devices = 1, and the
 next_line task built from the standard library. Equality with lm-evaluation-harness itself
-is tests/test_lm_eval_reference.py."""
+is tests/evals/test_lm_eval_reference.py."""
 
 import json
 import os
@@ -16,14 +16,14 @@ import pytest
 
 import hf_dirs
 from conftest import ROOT, tiny_lm
-from jaxtrain.lm import language_model as lm_lib
-from jaxtrain import train
-from jaxtrain.training import build as build_lib
 from jaxtrain.config import duration
 from jaxtrain.errors import UserError
 from jaxtrain.evals import harness as harness_lib
 from jaxtrain.evals import lm_tasks
 from jaxtrain.evals.loglikelihood import Scorer, encode_pairs
+from jaxtrain.lm import language_model as lm_lib
+from jaxtrain import train
+from jaxtrain.training import build as build_lib
 
 MC = [{"query": "def add(a, b):", "choices": ["return a + b", "return a - b", "pass"], "gold": 0},
       {"query": "class Point:", "choices": ["x: int = 0", "def"], "gold": 0},

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import read_checkpoint
-from jaxtrain import parallel
-from jaxtrain import train
 from jaxtrain.config import Reader
 from jaxtrain.errors import UserError
+from jaxtrain import parallel
+from jaxtrain import train
 from test_train import tiny_config
 
 RULES = (("Dense_0/kernel", (None, "tensor")), ("head/kernel", ("tensor", None)))

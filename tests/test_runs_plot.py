@@ -169,7 +169,9 @@ def test_runs_mistakes_are_one_line(two_runs, tmp_path, capsys):
   assert fails(runs.main, [good, "--metrics= ,"], capsys) == (
       "error: --metrics is empty: name one or more metrics, comma-separated")
   assert fails(runs.main, [], capsys) == "error: the following arguments are required: RUN"
-  assert fails(runs.main, [good, "--metric=x"], capsys) == "error: unrecognized arguments: --metric=x"
+  assert fails(runs.main, [good, "--metric=x"], capsys) == (
+      "error: unrecognized arguments: --metric=x (did you mean '--metrics'?); `python -m jaxtrain.runs --help` lists "
+      "the flags")
 
 
 def test_a_binary_line_is_named_and_no_control_character_is_printed(tmp_path, capsys):

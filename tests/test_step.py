@@ -8,13 +8,13 @@ import numpy as np
 import optax
 import pytest
 
-from jaxtrain import models
-from jaxtrain.training import optim
-from jaxtrain import parallel
-from jaxtrain import tasks
-from jaxtrain import step as step_lib
 from jaxtrain.config import Reader
 from jaxtrain.errors import UserError
+from jaxtrain import models
+from jaxtrain import parallel
+from jaxtrain import step as step_lib
+from jaxtrain import tasks
+from jaxtrain.training import optim
 
 NUM_CLASSES = 4
 BATCH = 8

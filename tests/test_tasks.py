@@ -8,11 +8,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxtrain import losses
-from jaxtrain import tasks
-from jaxtrain import step as step_lib
 from jaxtrain.config import Reader
 from jaxtrain.errors import UserError
+from jaxtrain import losses
+from jaxtrain import step as step_lib
+from jaxtrain import tasks
 from test_step import MLP, NUM_CLASSES, build, copy, make_batch
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import load_experiment, read_checkpoint
+from jaxtrain.errors import UserError
 from jaxtrain import evals
 from jaxtrain import train
 from jaxtrain.training import build as build_lib
 from jaxtrain.training import profiling
-from jaxtrain.errors import UserError
 
 
 def tiny_config(total_steps=30, cnn=False):

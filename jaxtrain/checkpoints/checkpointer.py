@@ -34,14 +34,14 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxtrain import config as config_lib
-from jaxtrain import paths
 from jaxtrain.checkpoints import faults
 from jaxtrain.checkpoints.faults import Damaged, RestoreFailed, find_damage
+from jaxtrain import config as config_lib
+from jaxtrain.errors import UserError, first_line
+from jaxtrain import paths
 from jaxtrain.rundir import layout
 from jaxtrain.rundir import peers
 from jaxtrain.rundir import storage
-from jaxtrain.errors import UserError, first_line
 
 
 class Checkpointer:

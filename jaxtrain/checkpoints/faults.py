@@ -13,15 +13,14 @@ import logging as std_logging
 import math
 import os
 import re
-import shutil
 import sys
 import traceback
 
 import tensorstore as ts
 
-from jaxtrain.rundir import layout
-from jaxtrain.rundir import storage
 from jaxtrain.errors import UserError, chain, first_line
+from jaxtrain.rundir import disk
+from jaxtrain.rundir import storage
 
 ARRAY_ITEMS = ("params", "opt_state", "rest")  # The array items of a saved step (see checkpoint.py).
 
@@ -39,10 +38,6 @@ class RestoreFailed(UserError):
   moves nothing (out of memory, the storage failing, a shape Orbax refuses, ...)."""
 
 
-class DiskFull(UserError):
-  """A save ran out of disk space."""
-
-
 class DiskFullAsOneLine:
   """Turns a save's ENOSPC, wherever Orbax raises it (the save itself, the next save, the
   wait for it, close), into DiskFull: one line naming the directory and the checkpoint a
@@ -55,35 +50,10 @@ class DiskFullAsOneLine:
     return self
 
   def __exit__(self, kind, error, tb):
-    if isinstance(error, Exception) and not isinstance(error, DiskFull) and disk_full(error) is not None:
-      raise DiskFull(disk_full_message(self.directory, "saving a checkpoint failed", os.path.dirname(self.directory))) from error
+    if isinstance(error, Exception) and not isinstance(error, disk.DiskFull) and disk.full(error) is not None:
+      raise disk.DiskFull(disk.message(self.directory, "saving a checkpoint failed",
+                                       os.path.dirname(self.directory))) from error
     return False
-
-
-def disk_full(error):
-  """The ENOSPC error in `error`'s chain (causes and contexts), or None. Orbax raises the
-  OSError itself (from its finalize) or tensorstore's `RESOURCE_EXHAUSTED: ... [OS error
-  28: No space left on device]` (from the array writes)."""
-  for e in chain(error):
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-      return e
-    if f"[OS error {errno.ENOSPC}:" in str(e) or os.strerror(errno.ENOSPC) in str(e):
-      return e
-  return None
-
-
-def disk_full_message(directory, what, workdir):
-  """'the disk holding DIR is full (...): WHAT; free space ... resume from checkpoint N' of `workdir`."""
-  try:
-    usage = shutil.disk_usage(directory)
-    space = f"{_size(usage.free)} free of {_size(usage.total)}"
-  except OSError:
-    space = "No space left on device"
-  newest = layout.newest_complete_step(workdir)
-  again = ("run the same command again to start over (no checkpoint was complete yet)" if newest is None else
-           f"run the same command again to resume from checkpoint {newest}")
-  return (f"the disk holding {directory} is full ({space}): {what}; free space there (or lower "
-          f"checkpoint.keep) and {again}")
 
 
 def find_damage(path):
@@ -230,14 +200,6 @@ def innermost(error):
   return error
 
 
-def _size(n):
-  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-    if n < 1024 or unit == "TiB":
-      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-    n /= 1024
-  return str(n)
-
-
 class _QuietDiskFull(std_logging.Filter):
   """Drops Orbax's own logged tracebacks of a save that ran out of disk space: its save
   and finalize threads each log the ENOSPC with a traceback (about 450 lines in all for
@@ -246,7 +208,7 @@ class _QuietDiskFull(std_logging.Filter):
 
   def filter(self, record):
     error = record.exc_info[1] if record.exc_info else None
-    return not (error is not None and "/orbax/" in record.pathname and disk_full(error) is not None)
+    return not (error is not None and "/orbax/" in record.pathname and disk.full(error) is not None)
 
 
 def quiet_orbax_leftovers():

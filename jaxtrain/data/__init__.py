@@ -2,14 +2,14 @@
 
 import numbers
 
+from jaxtrain.config import REQUIRED
 from jaxtrain.data import mixture
 from jaxtrain.data import ops
+from jaxtrain.data.packing import PackedSource
 from jaxtrain.data import pipeline
+from jaxtrain.data.sources import ClassSubset, keep_classes, open_source
 from jaxtrain.data import text
 from jaxtrain.data import tokenizers
-from jaxtrain.data.packing import PackedSource
-from jaxtrain.data.sources import ClassSubset, keep_classes, open_source
-from jaxtrain.config import REQUIRED
 from jaxtrain.errors import UserError
 
 

@@ -16,10 +16,10 @@ import time
 
 from absl import logging
 
-from jaxtrain.lm import sampling
 from jaxtrain.errors import UserError
 from jaxtrain.evals import lm_tasks
 from jaxtrain.evals.loglikelihood import Scorer, encode_pairs
+from jaxtrain.lm import sampling
 
 METRICS = {lm_tasks.MULTIPLE_CHOICE: ("acc", "acc_norm"), lm_tasks.GENERATION: ("exact_match",)}
 

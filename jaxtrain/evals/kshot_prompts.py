@@ -8,8 +8,8 @@ lm-evaluation-harness (0.4) scores them (see jaxtrain.evals.lm_tasks for the tas
 Optional keys: fewshot_file (a .jsonl of few-shot documents; default: the task's own
 documents, never the one being scored), fewshot_seed (1234), limit (the first N
 documents), add_bos_token (default: as the harness, BOS only where the tokenizer itself
-adds one, which jaxtrain's own tokenizers do not, though a model trained by jaxtrain saw
-BOS at every document start), batch_tokens (8192: tokens per scoring batch), max_gen_toks
+adds one, as the tokenizers runs train do: a model trained by jaxtrain saw BOS at every
+document start), batch_tokens (8192: tokens per scoring batch), max_gen_toks
 and until (generation; default 256 and the few-shot delimiter). Metrics: acc, acc_stderr, acc_norm, acc_norm_stderr, n (multiple choice);
 exact_match, exact_match_stderr, n (generation, whose completions also go to
 samples.jsonl). The task's tokens are laid out and compiled at start-up.

@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxtrain import data
-from jaxtrain import step as step_lib
 from jaxtrain.errors import UserError
 from jaxtrain.evals import EVALUATORS, gather
+from jaxtrain import step as step_lib
 
 # Measured on the mirror of the digits transfer demo (CNN pre-trained on the digits 5-9,
 # probed on 0-4, 20 seeds: `scripts/fewshot_transfer.py --mirror --l2_sweep`), so that the

@@ -174,12 +174,25 @@ def _fields(template):
   return fields
 
 
+def _check_utf8(path):
+  """One line naming the file and the line where task file `path` is not UTF-8 text."""
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    raise UserError(f"task file {path}, line {line}: not UTF-8 text (a binary file?); give a .jsonl file, one JSON "
+                    f"document a line") from None
+
+
 def read_docs(path, templates=None):
   """(kind, documents) of a JSONL file; every mistake names the file and the line."""
   if not os.path.isfile(path):
     raise UserError(f"task file {path} does not exist")
   templates = templates or {}
   kind, docs = None, []
+  _check_utf8(path)
   with open(path, encoding="utf-8") as f:
     for number, line in enumerate(f, 1):
       if not line.strip():

@@ -11,9 +11,9 @@ The completions go to the run's samples.jsonl ({"step", "evaluator", "prompt",
 numbers: mean_new_chars, the completions' mean length in characters.
 """
 
-from jaxtrain.lm import sampling
 from jaxtrain.errors import UserError
 from jaxtrain.evals import EVALUATORS
+from jaxtrain.lm import sampling
 
 
 @EVALUATORS.register("samples")

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 
 from jaxtrain import data
-from jaxtrain import step as step_lib
 from jaxtrain.evals import EVALUATORS, read_ahead
+from jaxtrain import step as step_lib
 
 
 @EVALUATORS.register("task")

@@ -17,9 +17,9 @@ import tempfile
 import jax
 import numpy as np
 
-from jaxtrain import paths
 from jaxtrain.errors import UserError, first_line
 from jaxtrain.lm import families
+from jaxtrain import paths
 
 
 def read_config(directory):

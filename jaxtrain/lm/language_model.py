@@ -26,18 +26,18 @@ from absl import logging
 
 from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain import config as config_lib
-from jaxtrain.lm import families
-from jaxtrain.lm import hf
-from jaxtrain.models import lora as lora_lib
-from jaxtrain import models
-from jaxtrain import parallel
-from jaxtrain.lm import sampling
-from jaxtrain import step as step_lib
-from jaxtrain.rundir import storage
 from jaxtrain.data import text as text_lib
 from jaxtrain.data import tokenizers
-from jaxtrain.rundir import layout
 from jaxtrain.errors import UserError
+from jaxtrain.lm import families
+from jaxtrain.lm import hf
+from jaxtrain.lm import sampling
+from jaxtrain import models
+from jaxtrain.models import lora as lora_lib
+from jaxtrain import parallel
+from jaxtrain.rundir import layout
+from jaxtrain.rundir import storage
+from jaxtrain import step as step_lib
 
 DEFAULT_PARALLEL = dict(strategy="jit", mesh=dict(data=1, fsdp=-1, tensor=1))
 

@@ -10,9 +10,10 @@ from absl import logging
 import jax
 import numpy as np
 
-from jaxtrain import paths
+from jaxtrain.errors import UserError, first_line
 from jaxtrain.lm import hf
 from jaxtrain.models import lora as lora_lib
+from jaxtrain import paths
 
 PREFIX = "base_model.model."  # PEFT's names: the PeftModel, then the wrapped model's own.
 
@@ -78,7 +79,11 @@ def save_peft(directory, family, module, example, spec, params, base=None):
 def read_peft(directory, family, params):
   """`params` of a LoRA model with its adapters read from a PEFT adapter directory."""
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-  tensors = load_file(os.path.join(directory, "adapter_model.safetensors"))
+  path = os.path.join(directory, "adapter_model.safetensors")
+  try:
+    tensors = load_file(path)
+  except Exception as e:  # pylint: disable=broad-except  (SafetensorError: damaged; OSError: missing)
+    raise UserError(f"{path} is not a whole safetensors file ({first_line(e, 120)}); copy it again") from None
 
   def read(path, leaf):
     name = "params/" + paths.name_of(path)

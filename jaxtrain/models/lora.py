@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrain import paths
 from jaxtrain.errors import UserError
+from jaxtrain import paths
 
 ADAPTERS = ("lora_A", "lora_B")
 # PEFT's default init of lora_A: kaiming_uniform(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)).

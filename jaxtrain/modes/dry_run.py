@@ -23,13 +23,13 @@ from absl import logging
 import jax
 
 from jaxtrain import config as config_lib
-from jaxtrain.models import lora as lora_lib
-from jaxtrain.training import optim
-from jaxtrain import paths
-from jaxtrain.training import build as build_lib
-from jaxtrain.training.accelerators import ACCELERATORS, KINDS
-from jaxtrain.rundir import layout
 from jaxtrain.errors import UserError, did_you_mean
+from jaxtrain.models import lora as lora_lib
+from jaxtrain import paths
+from jaxtrain.rundir import layout
+from jaxtrain.training.accelerators import ACCELERATORS, KINDS
+from jaxtrain.training import build as build_lib
+from jaxtrain.training import optim
 
 # Of peak, sustained over a run: well-tuned large LM training reaches 35-55% MFU; small
 # models, small batches and CPUs reach less. 100% is the floor no run reaches.

@@ -13,14 +13,13 @@ from absl import logging
 
 from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain import config as config_lib
+from jaxtrain.errors import UserError
 from jaxtrain import evals
-from jaxtrain.training import init_from as init_from_lib
+from jaxtrain.rundir import layout
 from jaxtrain.rundir import metrics as metrics_lib
 from jaxtrain.rundir import storage
 from jaxtrain.training import build as build_lib
-from jaxtrain.rundir import exits
-from jaxtrain.rundir import layout
-from jaxtrain.errors import UserError
+from jaxtrain.training import init_from as init_from_lib
 
 
 def run(config, workdir, step=None):
@@ -60,13 +59,13 @@ def run(config, workdir, step=None):
 def check_writable(workdir):
   """The results are appended to the run's metrics.jsonl (samples.jsonl, tensorboard/): a
   run that cannot take them says so before anything is built or restored. Tried, not
-  asked (see exits.writable_problem). A gs:// run's permissions show at the first write."""
+  asked (see storage.writable_problem). A gs:// run's permissions show at the first write."""
   if storage.is_gcs(workdir) or not os.path.isdir(workdir):
     return  # None there: "no checkpoints to evaluate", after the config is checked.
   for name in ("", layout.TENSORBOARD, layout.METRICS, layout.SAMPLES):
     path = os.path.join(workdir, name) if name else workdir
-    problem = (exits.writable_problem(path) if os.path.isdir(path) else
-               exits.appendable_problem(path) if os.path.isfile(path) else None)
+    problem = (storage.writable_problem(path) if os.path.isdir(path) else
+               storage.appendable_problem(path) if os.path.isfile(path) else None)
     if problem:
       raise UserError(f"--workdir={workdir}: cannot write in {path} ({problem}); evaluation appends its results to "
                       f"{layout.METRICS} there: make the run writable, or evaluate a copy")

@@ -31,8 +31,9 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import config as config_lib
-from jaxtrain.training import build as build_lib
 from jaxtrain.errors import UserError
+from jaxtrain.rundir import storage
+from jaxtrain.training import build as build_lib
 
 BETA = 0.98             # Smoothing of the loss (fastai, Lightning).
 DIVERGENCE = 4.0        # Stop once the smoothed loss exceeds this times its best (Lightning).
@@ -165,7 +166,7 @@ def _check_arguments(workdir, out, lr_min, lr_max, steps):
   parent = os.path.dirname(os.path.abspath(out))
   while not os.path.exists(parent):  # Created at the end: the nearest existing ancestor must allow it.
     parent = os.path.dirname(parent)
-  if not (os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)):
+  if not os.path.isdir(parent) or storage.writable_problem(parent):
     raise UserError(f"--lr_find_out={out}: {parent} is not a writable directory; pick another path")
   return fmt
 

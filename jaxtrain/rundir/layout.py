@@ -55,7 +55,9 @@ def newest_complete_step(workdir):
 
 def pick_step(saved, step, workdir, key="step"):
   """`step` if `saved` (a run's checkpoint steps) has it; the newest for None; else one line."""
-  if step is None and saved:
+  if not saved:
+    raise UserError(f"{workdir} has no complete checkpoint yet")
+  if step is None:
     return saved[-1]
   if step not in saved:
     raise UserError(f"{key}: {workdir} has no checkpoint at step {step}; it has "

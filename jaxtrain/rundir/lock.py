@@ -27,8 +27,8 @@ import threading
 
 from absl import logging
 
-from jaxtrain.rundir import storage
 from jaxtrain.errors import UserError
+from jaxtrain.rundir import storage
 
 REFRESH_SECONDS = 20.0
 STALE_SECONDS = 90.0  # A few missed refreshes, so a slow request never loses a live run's lock.

@@ -18,6 +18,7 @@ import importlib.util
 import logging as std_logging
 import os
 import shutil
+import tempfile
 
 from jaxtrain.errors import UserError, first_line
 
@@ -304,3 +305,52 @@ def access_problem(error):
   if code == 403 or isinstance(error, PermissionError) or "Forbidden" in text or "does not have storage." in text:
     return f"no permission ({text}); grant this account roles/storage.objectAdmin on the bucket"
   return text
+
+
+# ---- Paths the user gives, and places to write, checked before the work ---------------------
+
+
+def absolute_path(value, flag):
+  """A path flag's value made absolute once, at the command line's edge: '~' expanded (as
+  the library's readers do), a gs:// path kept (its bucket's name checked, naming the
+  flag). None and '' stay as they are: 'not given'."""
+  if not value:
+    return value
+  if is_gcs(value):
+    check_name(value, f"--{flag}={value}")
+    return absolute(value)
+  return absolute(os.path.expanduser(value))
+
+
+def writable_problem(directory):
+  """Why files cannot be made in the local, existing `directory` (the OS's words), or None.
+  Tried, not asked: os.access says yes to root everywhere but on a read-only mount, and
+  knows nothing of ACLs or root squashed on NFS. The trial file is removed at once."""
+  try:
+    handle, probe = tempfile.mkstemp(prefix=".jaxtrain-write-check-", dir=directory)
+  except OSError as e:
+    return e.strerror or str(e)
+  os.close(handle)
+  os.remove(probe)
+  return None
+
+
+def appendable_problem(path):
+  """Why the existing file `path` cannot be appended to, or None; its bytes unchanged."""
+  try:
+    with open(path, "a", encoding="utf-8"):
+      pass
+  except OSError as e:
+    return e.strerror or str(e)
+  return None
+
+
+def existing_parent(path, flag):
+  """The nearest directory above `path` that exists (what a write would create its
+  directories in); a file in its place is the user's mistake."""
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UserError(f"--{flag}={path}: {parent} is a file, not a directory")
+  return parent

@@ -21,9 +21,9 @@ checkpoint are written again from the same steps: trackers that require increasi
 import os
 import uuid
 
-from jaxtrain.rundir import storage
 from jaxtrain.errors import UserError
 from jaxtrain.registry import Registry
+from jaxtrain.rundir import storage
 
 TRACKERS = Registry("tracker")
 

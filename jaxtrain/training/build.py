@@ -13,18 +13,18 @@ import numpy as np
 
 from jaxtrain import config as config_lib
 from jaxtrain import data
+from jaxtrain.errors import UserError, did_you_mean, first_line
 from jaxtrain import evals
 from jaxtrain import models
+from jaxtrain.models import lora as lora_lib
+from jaxtrain import parallel
+from jaxtrain.rundir import trackers as trackers_lib
 from jaxtrain import step as step_lib
 from jaxtrain import tasks
-from jaxtrain.errors import UserError, did_you_mean, first_line
-from jaxtrain.models import lora as lora_lib
-from jaxtrain.rundir import trackers as trackers_lib
 from jaxtrain.training import accelerators
 from jaxtrain.training import early_stopping
 from jaxtrain.training import init_from as init_from_lib
 from jaxtrain.training import optim
-from jaxtrain import parallel
 from jaxtrain.training import profiling
 
 

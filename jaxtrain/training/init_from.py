@@ -39,12 +39,12 @@ import numpy as np
 
 from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain import config as config_lib
+from jaxtrain.data import text as text_lib
+from jaxtrain.errors import UserError
 from jaxtrain.lm import hf
 from jaxtrain import paths
 from jaxtrain.rundir import layout
 from jaxtrain.rundir import storage
-from jaxtrain.data import text as text_lib
-from jaxtrain.errors import UserError
 
 
 @dataclasses.dataclass

@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxtrain import config as config_lib
-from jaxtrain import paths
 from jaxtrain.errors import UserError, did_you_mean
+from jaxtrain import paths
 
 def _sgd(momentum=0.0, nesterov=False):
   if nesterov and not momentum:

@@ -17,8 +17,8 @@ import tempfile
 from absl import logging
 import jax
 
-from jaxtrain.rundir import storage
 from jaxtrain.errors import UserError
+from jaxtrain.rundir import storage
 
 
 class Profile:
