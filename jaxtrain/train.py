@@ -91,9 +91,10 @@ def run(config, workdir):
                                     tokens_per_example=exp.tokens_per_example,
                                     flops_per_example=exp.flops_per_example, peak_flops=exp.peak_flops)
     for step in range(first_step + 1, total_steps + 1):
-      with jax.transfer_guard("disallow"):  # Only explicit transfers: shard's, device_get's.
+      batch = strategy.shard(next(train_iter))  # The one transfer a step means: its batch to the devices.
+      with jax.transfer_guard("disallow"):  # Any other is a mistake (device_get at log time is explicit).
         exp.profile.at(step, state, workdir)  # config.profile: a trace of a few steps.
-        state, step_metrics = exp.train_step(state, strategy.shard(next(train_iter)))
+        state, step_metrics = exp.train_step(state, batch)
       pending.append(step_metrics)
       written = {}  # The metrics written at this step.
 
