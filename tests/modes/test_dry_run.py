@@ -186,7 +186,7 @@ def test_on_8_devices_memory_is_per_device_and_flops_for_all(tfds_dir, tmp_path)
   script = (
       "import json, sys; sys.path.insert(0, 'tests')\n"
       "from test_train import tiny_config\n"
-      "from jaxtrain import dry_run\n"
+      "from jaxtrain.modes import dry_run\n"
       "c = tiny_config(); c.model.hidden = (256,); c.input.batch_size = 64\n"
       "c.parallel.mesh = dict(data=1, fsdp=-1, tensor=1); c.parallel.fsdp_min_size = 1024\n"
       f"r = dry_run.run(c, {str(tmp_path / 'run')!r})\n"
