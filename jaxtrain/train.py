@@ -44,6 +44,8 @@ def run(config, workdir):
   Returns the metrics of the last log and evaluation, keyed '<prefix>/<name>'.
   """
   workdir = storage.one_spelling(workdir)
+  if storage.is_gcs(workdir):
+    storage.check_bucket(workdir)  # Read-only: a missing bucket or credentials, one line before the build.
   layout.saved_config(workdir)  # The config.json of a run to resume, damaged: one line before the build.
   exp = build(config, workdir)
   config = exp.config  # With init_from.model resolved: config.json names the architecture trained.
@@ -175,8 +177,7 @@ def _check_same_data_order(saved, config, step, workdir):
 
 def _check_workdir(workdir):
   if storage.is_gcs(workdir):
-    storage.check_bucket(workdir)
-    return
+    return  # Checked before the build.
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"--workdir={workdir} is a file, not a directory; pick another path")
   try:
