@@ -3,9 +3,13 @@
     python -m jaxtrain.generate --model=runs/code_lm --prompt='def '
     python -m jaxtrain.generate --model=path/to/hf_llama_dir --prompts_file=prompts.txt \\
         --max_new_tokens=128 --temperature=0.8 --top_p=0.95 --seed=1 --stop='\\n\\n'
+    python -m jaxtrain.generate --model=SmolLM2-135M-Instruct.Q4_1.gguf --chat \\
+        --prompt='Write my manager an email about the Q3 budget.' [--system='You are terse.']
 
---model is a jaxtrain work directory (newest checkpoint, or --step) or a Hugging Face
-Llama directory. --prompt may be given several times. --prompts_file holds one prompt per
+--model is a jaxtrain work directory (newest checkpoint, or --step), a Hugging Face model
+directory or a GGUF file. --chat makes each prompt a user message of its own conversation
+(after a --system message, if given), rendered with the model's chat template; the reply
+is printed after the prompt. --prompt may be given several times. --prompts_file holds one prompt per
 line ('\\n' and '\\t' in a line stand for a newline and a tab), or, for a .jsonl file, one
 {"prompt": ...} object per line. Each completion is printed after its prompt, under a
 '--- N ---' line; --output also writes {"prompt", "completion"} rows to a JSONL file.
@@ -25,7 +29,7 @@ from jaxtrain.errors import UserError, exit_with
 from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.rundir import storage
 
-_MODEL = flags.DEFINE_string("model", None, "A jaxtrain work directory or a Hugging Face Llama directory.")
+_MODEL = flags.DEFINE_string("model", None, "A jaxtrain work directory, a Hugging Face model directory or a .gguf file.")
 _STEP = flags.DEFINE_integer("step", None, "The checkpoint of a work directory (default: the newest).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for several.")
 _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "Prompts, one per line, or a .jsonl with 'prompt'.")
@@ -37,6 +41,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed of the sampling.")
 _STOP = flags.DEFINE_multi_string("stop", [], "End a completion before this string ('\\n' escapes work).")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Computation dtype (default: the model's).")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write {'prompt', 'completion'} rows to this JSONL file.")
+_CHAT = flags.DEFINE_boolean("chat", False, "Each prompt is a user message, answered through the chat template.")
+_SYSTEM = flags.DEFINE_string("system", None, "With --chat: a system message before each prompt.")
 
 
 def _unescape(text):
@@ -93,7 +99,7 @@ def main(argv):
   if len(argv) > 1:
     exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _MODEL.value:
-    exit_with("--model is required: a jaxtrain work directory or a Hugging Face Llama directory")
+    exit_with("--model is required: a jaxtrain work directory, a Hugging Face model directory or a .gguf file")
   logging.set_verbosity(logging.WARNING)
   logging.get_absl_handler().addFilter(checkpoint.QuietReading())
   try:
@@ -104,16 +110,23 @@ def main(argv):
       raise UserError("give --prompt=TEXT (repeatable) or --prompts_file=FILE")
     if _TOP_P.value is not None and not 0 < _TOP_P.value <= 1:
       raise UserError(f"--top_p must be in (0, 1], got {_TOP_P.value}")
+    if _SYSTEM.value is not None and not _CHAT.value:
+      raise UserError("--system is for --chat: add --chat, or put the text in the prompt")
     if output:
       check_output(output)
     model = lm_lib.load(model_path, _STEP.value, dtype=_DTYPE.value)
-    completions = model.generate(prompts, max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value,
-                                 top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value,
-                                 stop=[_unescape(s) for s in _STOP.value])
+    sampling = dict(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
+                    top_p=_TOP_P.value, seed=_SEED.value, stop=[_unescape(s) for s in _STOP.value])
+    if _CHAT.value:
+      system = [{"role": "system", "content": _unescape(_SYSTEM.value)}] if _SYSTEM.value is not None else []
+      completions = model.chat([system + [{"role": "user", "content": p}] for p in prompts], **sampling)
+    else:
+      completions = model.generate(prompts, **sampling)
   except UserError as e:
     exit_with(e)
   for number, (prompt, completion) in enumerate(zip(prompts, completions), 1):
-    print(f"--- {number} ---\n{prompt}{completion}")
+    print(f"--- {number} ---\n{prompt}\n--- reply ---\n{completion}" if _CHAT.value else
+          f"--- {number} ---\n{prompt}{completion}")
   if output:
     with open(output, "w", encoding="utf-8") as f:
       for prompt, completion in zip(prompts, completions):

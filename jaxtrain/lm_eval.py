@@ -31,7 +31,7 @@ from jaxtrain.evals import lm_tasks
 from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.rundir import storage
 
-_MODEL = flags.DEFINE_string("model", None, "A jaxtrain work directory or a Hugging Face Llama directory.")
+_MODEL = flags.DEFINE_string("model", None, "A jaxtrain work directory, a Hugging Face model directory or a .gguf file.")
 _STEP = flags.DEFINE_integer("step", None, "The checkpoint of a work directory (default: the newest).")
 _TASKS = flags.DEFINE_string("tasks", None, "Task files (.jsonl, or .json specs), comma-separated.")
 _NUM_FEWSHOT = flags.DEFINE_integer("num_fewshot", 0, "Examples in each context (k-shot).", lower_bound=0)
@@ -113,7 +113,7 @@ def main(argv):
   if len(argv) > 1:
     exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
   if not _MODEL.value:
-    exit_with("--model is required: a jaxtrain work directory or a Hugging Face Llama directory")
+    exit_with("--model is required: a jaxtrain work directory, a Hugging Face model directory or a .gguf file")
   logging.get_absl_handler().addFilter(checkpoint.QuietReading())
   try:
     model_path, output_path = (storage.absolute_path(f.value, f.name) for f in (_MODEL, _OUTPUT_PATH))

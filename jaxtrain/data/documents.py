@@ -5,7 +5,13 @@ A document is a list of (text, weighted) segments: [(text, True)] for plain text
 completion is scored. Formats:
   text               each file is one document (read as UTF-8 exactly, newlines included)
   jsonl              each line is a JSON object; one document per line, from `field`
-  prompt_completion  each line is {"prompt": ..., "completion": ...} (fields configurable)
+  prompt_completion  each line is {"prompt": ..., "completion": ...} (fields configurable);
+                     given a chat template (`render`), the pair is rendered as a user's
+                     message and the assistant's reply, as 'chat' renders it
+  chat               each line is {"messages": [{"role": ..., "content": ...}, ...]} (the
+                     field configurable), rendered with the model's chat template
+                     (`render`, e.g. chat.assistant_segments): the loss on the assistant's
+                     spans alone (see jaxtrain.data.chat)
   mbox               each message of an mbox mailbox (Gmail Takeout, Thunderbird) is one
                      document: From, To, Subject and Date, a blank line, then the text/plain
                      body decoded for charset and transfer encoding (quoted-printable,
@@ -25,7 +31,10 @@ characters. A mailbox is bytes: each message's own charset decodes it.
 The split is by document, from a hash of its content: `validation_fraction` of them (in
 hash order, not file order) are 'validation', the rest 'train'. Content, not position, so
 that adding a file does not move the others' documents, and a document repeated anywhere
-lands in one split only (duplicates cannot leak from train into validation).
+lands in one split only (duplicates cannot leak from train into validation). A document
+rendered through a chat template (`Rendered`) is split by its own text (the messages, or
+the prompt and completion), not the rendering: the same split with or without a template,
+whatever date a template prints.
 """
 
 import codecs
@@ -43,9 +52,10 @@ from absl import logging
 
 from jaxtrain.errors import UserError
 
-FORMATS = ("text", "jsonl", "prompt_completion", "mbox", "mbox_replies")
+FORMATS = ("text", "jsonl", "prompt_completion", "mbox", "mbox_replies", "chat")
 SPLITS = ("train", "validation")
-TEXT_FORMATS = ("text", "jsonl", "prompt_completion")
+TEXT_FORMATS = ("text", "jsonl", "prompt_completion", "chat")
+TEMPLATE_FORMATS = ("prompt_completion", "chat")  # The formats a chat template renders.
 # Checked at start-up per file (a binary shows in its first bytes); the rest as it is read.
 SNIFF_BYTES = 1 << 20
 NOT_UTF8_FIX = "re-save it as UTF-8, or leave it out"
@@ -107,8 +117,22 @@ def _not_utf8(data, offset, start=0):
   return f"not UTF-8 text (byte 0x{data[offset]:02x} at offset {start + offset})"
 
 
-def read(fmt, paths, *, field="text", prompt_field="prompt", completion_field="completion"):
-  """Yields the documents of `paths` in order."""
+class Rendered(list):
+  """A document made by a chat template: its segments, `special_tokens` (its spellings of
+  special tokens are those tokens: packing), and `split_text`, what its split is drawn from."""
+
+  special_tokens = True
+
+  def __init__(self, segments, split_text):
+    super().__init__(segments)
+    self.split_text = split_text
+
+
+def read(fmt, paths, *, field="text", prompt_field="prompt", completion_field="completion",
+         messages_field="messages", render=None):
+  """Yields the documents of `paths` in order. `render` (messages -> segments, e.g.
+  chat.assistant_segments with a tokenizer) renders 'chat' conversations, and
+  'prompt_completion' pairs where given."""
   if fmt == "text":
     for path in paths:
       with open(path, "rb") as f:
@@ -123,8 +147,20 @@ def read(fmt, paths, *, field="text", prompt_field="prompt", completion_field="c
       yield [(_field(record, field, path, line, "field"), True)]
   elif fmt == "prompt_completion":
     for path, line, record in _json_lines(paths):
-      yield [(_field(record, prompt_field, path, line, "prompt_field"), False),
-             (_field(record, completion_field, path, line, "completion_field"), True)]
+      prompt = _field(record, prompt_field, path, line, "prompt_field")
+      completion = _field(record, completion_field, path, line, "completion_field")
+      if render is None:
+        yield [(prompt, False), (completion, True)]
+      else:
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+        yield _rendered(render, messages, "\x00".join((prompt, completion)), path, line)
+  elif fmt == "chat":
+    if render is None:
+      raise UserError("format 'chat' is rendered with a model's chat template: give the tokenizer of a model "
+                      "that has one")
+    for path, line, record in _json_lines(paths):
+      messages = _encodable(_value(record, messages_field, path, line, "messages_field"))
+      yield _rendered(render, messages, json.dumps(messages, ensure_ascii=False, sort_keys=True), path, line)
   elif fmt == "mbox":
     for path in paths:
       yield from ([(message_text(message), True)] for message in _mbox_messages(path))
@@ -134,9 +170,19 @@ def read(fmt, paths, *, field="text", prompt_field="prompt", completion_field="c
     raise UserError(f"unknown text format '{fmt}'; the formats are {', '.join(FORMATS)}")
 
 
+def _rendered(render, messages, split_text, path, line):
+  try:
+    return Rendered(render(messages), split_text)
+  except UserError as e:
+    raise UserError(f"{path}:{line}: {e}") from None
+
+
 def in_split(document, split, validation_fraction):
   """Whether `document` belongs to `split` ('train' or 'validation')."""
-  digest = hashlib.sha256("\x00".join(text for text, _ in document).encode("utf-8", "surrogatepass")).digest()
+  text = getattr(document, "split_text", None)
+  if text is None:
+    text = "\x00".join(segment for segment, _ in document)
+  digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
   validation = int.from_bytes(digest[:8], "big") < validation_fraction * 2**64
   return validation == (split == "validation")
 
@@ -160,18 +206,34 @@ def _json_lines(paths):
         yield path, number, record
 
 
-def _field(record, field, path, line, key):
+def _value(record, field, path, line, key):
   if not isinstance(record, dict) or field not in record:
     have = f"; it has {', '.join(sorted(record))}" if isinstance(record, dict) else ""
     raise UserError(f"{path}:{line}: no field '{field}' in this JSON line{have} (the data section's '{key}' "
                     f"names the field to read)")
-  value = record[field]
+  return record[field]
+
+
+def _field(record, field, path, line, key):
+  value = _value(record, field, path, line, key)
   if not isinstance(value, str):
     raise UserError(f"{path}:{line}: field '{field}' must be a string, got {type(value).__name__}")
-  try:
-    value.encode("utf-8")
-  except UnicodeEncodeError:  # A lone surrogate ("\ud800" in the JSON): not text any tokenizer takes.
-    value = value.encode("utf-8", "replace").decode("utf-8")
+  return _encodable(value)
+
+
+def _encodable(value):
+  """`value` with each lone surrogate ("\\ud800" in the JSON: not text any tokenizer takes) as
+  '?', in a string or in the strings of lists and dicts."""
+  if isinstance(value, str):
+    try:
+      value.encode("utf-8")
+    except UnicodeEncodeError:
+      value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+  if isinstance(value, list):
+    return [_encodable(v) for v in value]
+  if isinstance(value, dict):
+    return {k: _encodable(v) for k, v in value.items()}
   return value
 
 

@@ -18,17 +18,27 @@ What a row holds (the contract: every key [seq_len]; batches add a leading axis)
                             below seq_len, whatever the model's position encoding)
   weights          float32  1 where the target is the same document's next token and is
                             weighted text (all of it; for prompt/completion data only the
-                            completion and the eos after it), else 0
+                            completion and the eos after it; for a chat template's rendering
+                            only the assistant's spans, never packing's bos or eos), else 0
   bytes            float32  UTF-8 bytes of the original text that the weighted target
                             stands for (0 for bos, eos, padding, unweighted targets); over a
                             split they sum to the weighted text's bytes exactly
 The rows are cut at read time from three per-token arrays (tokens, bytes, flags), which is
 what is cached; so the cache does not depend on seq_len.
+
+A document whose `special_tokens` attribute is true (documents.Rendered: a chat template's
+rendering) is encoded as transformers' apply_chat_template(tokenize=True) encodes it: text
+spelling a special token ('<|im_start|>') is that token; a special token's bytes are its
+spelling's. Any other document's text is only text (data must not inject control tokens).
+Such a document gets packing's bos only where its own tokens do not already start with bos
+(a template that writes bos_token, as Llama 3's does, would otherwise give two), and
+packing's eos only where they do not already end with eos (Mistral's '</s>').
 """
 
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 
@@ -54,25 +64,32 @@ def tokenize(tokenizer, documents):
   num_documents = 0
 
   def flush(batch):
-    segments = [text for document in batch for text, _ in document]
-    encoded = iter(tokenizer.encode_with_bytes(segments))
-    for document in batch:
-      tokens, nbytes, flags = [np.array([begin], np.int32)], [np.zeros(1, np.int64)], [np.array([START], np.uint8)]
+    special = [bool(getattr(document, "special_tokens", False)) for document in batch]
+    encoded = {False: iter(tokenizer.encode_with_bytes([t for d, s in zip(batch, special) if not s for t, _ in d])),
+               True: iter(encode_special([t for d, s in zip(batch, special) if s for t, _ in d], tokenizer))}
+    for document, rendered in zip(batch, special):
+      tokens, nbytes, flags = [], [], []
       lost = 0  # Bytes of weighted text that gave no token (a normalising tokenizer): to eos.
       for text, weighted in document:
-        ids, counts = next(encoded)
+        ids, counts = next(encoded[rendered])
         tokens.append(ids)
         nbytes.append(counts if weighted else np.zeros_like(counts))
         flags.append(np.full(len(ids), WEIGHTED if weighted else 0, np.uint8))
         if weighted and not len(ids):
           lost += len(text.encode("utf-8", "surrogatepass"))
-      eos_weighted = document[-1][1] if document else False
-      tokens.append(np.array([tokenizer.eos_id], np.int32))
-      nbytes.append(np.array([lost], np.int64))
-      flags.append(np.array([WEIGHTED if eos_weighted else 0], np.uint8))
-      parts["tokens"].append(np.concatenate(tokens))
-      parts["bytes"].append(np.concatenate(nbytes))
-      parts["flags"].append(np.concatenate(flags))
+      tokens = np.concatenate(tokens) if tokens else np.zeros(0, np.int32)
+      nbytes = np.concatenate(nbytes) if nbytes else np.zeros(0, np.int64)
+      flags = np.concatenate(flags) if flags else np.zeros(0, np.uint8)
+      if not (rendered and len(tokens) and tokens[0] == tokenizer.bos_id):
+        tokens, nbytes, flags = np.append(begin, tokens), np.append(0, nbytes), np.append(0, flags)
+      flags[0] |= START
+      if not (rendered and len(tokens) > 1 and tokens[-1] == tokenizer.eos_id):
+        eos_weighted = bool(document[-1][1]) and not rendered if document else False
+        tokens, nbytes = np.append(tokens, tokenizer.eos_id), np.append(nbytes, lost)
+        flags = np.append(flags, WEIGHTED if eos_weighted else 0)
+      parts["tokens"].append(tokens.astype(np.int32))
+      parts["bytes"].append(nbytes.astype(np.int64))
+      parts["flags"].append(flags.astype(np.uint8))
 
   batch, chars = [], 0
   for document in documents:
@@ -88,6 +105,43 @@ def tokenize(tokenizer, documents):
   stream = {key: np.concatenate(value).astype(dtypes[key]) if value else np.zeros(0, dtypes[key])
             for key, value in parts.items()}
   return stream, num_documents
+
+
+def encode_special(texts, tokenizer):
+  """`tokenizer.encode_with_bytes(texts)` with text spelling a special token read as that token,
+  the ids being `tokenizer.encode(text, special_tokens=True)`'s. The special tokens are found
+  in those ids (a token whose spelling, as text, encodes to something else); the text between
+  them is encoded as data is, for its byte offsets. Where that does not give the same ids
+  (a tokenizer that prefixes a space at the start of a text alone), the ids stand and the
+  text's bytes go to its last token: bits per byte stay exact over a split."""
+  is_special, split = {}, []  # split: per text, its ids and its pieces (text, or a special token's id).
+  for text in texts:
+    ids = [int(i) for i in tokenizer.encode(text, special_tokens=True)]
+    for i in set(ids) - set(is_special):
+      spelling = tokenizer.id_to_token(i)
+      is_special[i] = bool(spelling) and tokenizer.encode(spelling) != [i]
+    spellings = {tokenizer.id_to_token(i): i for i in set(ids) if is_special[i]}
+    pattern = "|".join(map(re.escape, sorted(spellings, key=len, reverse=True))) or "(?!)"  # Longest first.
+    pieces, start = [], 0
+    for match in re.finditer(pattern, text):
+      pieces += [text[start:match.start()], spellings[match.group()]]
+      start = match.end()
+    split.append((ids, pieces + [text[start:]]))
+  plain = iter(tokenizer.encode_with_bytes([p for _, pieces in split for p in pieces if isinstance(p, str)]))
+  results = []
+  for text, (ids, pieces) in zip(texts, split):
+    got_ids, got_bytes = [], []
+    for piece in pieces:
+      piece_ids, piece_bytes = next(plain) if isinstance(piece, str) else (
+          [piece], [len(tokenizer.id_to_token(piece).encode("utf-8"))])
+      got_ids += [int(i) for i in piece_ids]
+      got_bytes += [int(b) for b in piece_bytes]
+    if got_ids != ids:
+      got_bytes = [0] * len(ids)
+      if ids:
+        got_bytes[-1] = len(text.encode("utf-8", "surrogatepass"))
+    results.append((np.asarray(ids, np.int32), np.asarray(got_bytes, np.int64)))
+  return results
 
 
 class PackedSource:

@@ -19,6 +19,12 @@ Keys (under input.data, or an evaluator's data):
     validation_fraction  0.05: the share of documents (by hash) in 'validation'
   field                the text feature / JSON field ('text'); for TFDS and 'jsonl'
   prompt_field, completion_field   'prompt', 'completion' (for 'prompt_completion')
+  messages_field       'messages' (for 'chat': a list of {'role', 'content'} per line)
+  chat_template        for 'prompt_completion' and 'chat': 'auto' (default) renders them with
+                       the tokenizer's chat template where it has one (a user's message and
+                       the assistant's reply; the loss on the assistant's spans alone, see
+                       jaxtrain.data.chat), 'none' keeps prompt/completion pairs plain text.
+                       'chat' needs a template; without one a pair is plain text, as ever.
 
 A tokenizer left unset is trained on the TRAIN split of the same data on first use and
 kept in DATA_DIR/jaxtrain_text/tokenizers/; the packed token stream of each split is kept
@@ -33,6 +39,7 @@ packing 2.4 s (3.22 M tokens) or 3.9 s (3.11 M tokens); opening it again from th
 new process 0.03 s; reading a batch of 64 rows of 256 0.3-0.5 ms.
 """
 
+import functools
 import os
 import time
 
@@ -41,6 +48,7 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxtrain.data import chat
 from jaxtrain.data import documents
 from jaxtrain.data import packing
 from jaxtrain.data import sources
@@ -48,7 +56,8 @@ from jaxtrain.data import tokenizers
 from jaxtrain.errors import UserError
 
 TEXT_KEYS = ("seq_len", "tokenizer", "format", "files", "field", "prompt_field", "completion_field",
-             "validation_fraction")
+             "messages_field", "chat_template", "validation_fraction")
+CHAT_TEMPLATE_CHOICES = ("auto", "none")
 TEXT_DATASETS = ("stdlib_code",)  # TFDS names that are text whatever the keys.
 DEFAULT_KIND, DEFAULT_VOCAB_SIZE = "sentencepiece", 4096
 # Tokenizers train on at most this many characters of the train split (every k-th
@@ -79,8 +88,23 @@ def open_from_config(data, default_data_dir=None, like=None):
   elif split not in documents.SPLITS:
     raise UserError(f"config key '{data.path('split')}' is '{split}'; files are split into "
                     f"{' and '.join(documents.SPLITS)}")
+  if dataset.get("format") == "chat" and like is None and not _names_tokenizer(data):
+    raise UserError(f"config key '{data.path('format')}' is 'chat', rendered with the model's chat template, but "
+                    f"no '{data.path('tokenizer')}' path is set and a tokenizer trained here has no template; set "
+                    f"it to the model's tokenizer (a Hugging Face directory with a chat template)")
   tokenizer = _tokenizer(data, dataset, data_dir, like)
+  if dataset.get("format") == "chat" and tokenizer.chat_template is None:
+    raise UserError(f"config key '{data.path('format')}' is 'chat', rendered with the model's chat template, but "
+                    f"tokenizer {tokenizer.path} has none (no chat_template.jinja or tokenizer_config.json "
+                    f"chat_template beside it); use the model's own tokenizer directory, or format "
+                    f"'prompt_completion'")
   return _packed(dataset, split, tokenizer, seq_len, data_dir)
+
+
+def _names_tokenizer(data):
+  """Whether the section names a tokenizer file (rather than one to train)."""
+  spec = data.get("tokenizer")
+  return isinstance(spec, str) or (hasattr(spec, "get") and spec.get("path", kind=str) is not None)
 
 
 def tokenizer_from_config(data):
@@ -117,6 +141,18 @@ def _dataset(data, inherited):
   elif fmt == "prompt_completion":
     dataset["prompt_field"] = data.get("prompt_field", base.get("prompt_field", "prompt"), kind=str)
     dataset["completion_field"] = data.get("completion_field", base.get("completion_field", "completion"), kind=str)
+  elif fmt == "chat":
+    dataset["messages_field"] = data.get("messages_field", base.get("messages_field", "messages"), kind=str)
+  if fmt in documents.TEMPLATE_FORMATS:
+    choice = data.get("chat_template", base.get("chat_template", "auto"), kind=str)
+    if choice not in CHAT_TEMPLATE_CHOICES:
+      raise UserError(f"config key '{data.path('chat_template')}' is '{choice}'; it is 'auto' (the tokenizer's chat "
+                      f"template where it has one) or 'none' (plain text)")
+    if fmt == "chat" and choice == "none":
+      raise UserError(f"config key '{data.path('chat_template')}' is 'none', but format 'chat' is rendered with the "
+                      f"model's chat template; leave it 'auto', or use format 'prompt_completion' for plain text")
+    if choice != "auto":  # Only a departure from the default is kept: default caches keep their keys.
+      dataset["chat_template"] = choice
   return dataset
 
 
@@ -173,13 +209,29 @@ def training_texts(docs, limit=TOKENIZER_TRAINING_CHARS):
   return texts[::-(-total // limit)] if total > limit else texts
 
 
+def renders_chat(dataset, tokenizer):
+  """Whether the documents of `dataset` are rendered with the tokenizer's chat template."""
+  return (dataset.get("format") in documents.TEMPLATE_FORMATS and dataset.get("chat_template", "auto") == "auto"
+          and tokenizer is not None and tokenizer.chat_template is not None)
+
+
+def _template_key(tokenizer):
+  """What a rendering depends on beyond the tokenizer file: the template and the tokens' text."""
+  return packing.cache_key(template=tokenizer.chat_template, tokens=[tokenizer.token(r) for r in ("bos", "eos", "pad")])
+
+
 def _packed(dataset, split, tokenizer, seq_len, data_dir):
-  key = packing.cache_key(dataset=_identity(dataset, split, data_dir), split=split, tokenizer=tokenizer.fingerprint)
+  chat_key = {"chat": _template_key(tokenizer)} if renders_chat(dataset, tokenizer) else {}
+  key = packing.cache_key(dataset=_identity(dataset, split, data_dir), split=split, tokenizer=tokenizer.fingerprint,
+                          **chat_key)
   directory = os.path.join(_cache_root(data_dir), f"{_slug(dataset)}-{split}-{key}")
 
   def make():
     start = time.time()
-    stream, num_documents = packing.tokenize(tokenizer, _documents(dataset, split, data_dir))
+    if chat_key:
+      logging.info("Rendering the %s documents with the chat template of %s: the loss on the assistant's spans",
+                   dataset["format"], tokenizer.path)
+    stream, num_documents = packing.tokenize(tokenizer, _documents(dataset, split, data_dir, tokenizer))
     if not num_documents:
       fraction = f" (validation_fraction={dataset['validation_fraction']})" if "validation_fraction" in dataset else ""
       raise UserError(f"split '{split}' of {_slug(dataset)} has no documents{fraction}; add documents or change "
@@ -197,8 +249,9 @@ def _packed(dataset, split, tokenizer, seq_len, data_dir):
                               options={"dataset": dataset, "seq_len": seq_len})
 
 
-def _documents(dataset, split, data_dir):
-  """The documents of a split, in a fixed order."""
+def _documents(dataset, split, data_dir, tokenizer=None):
+  """The documents of a split, in a fixed order; rendered with `tokenizer`'s chat template
+  where `renders_chat`."""
   if "name" in dataset:
     source = _builder(dataset["name"], data_dir).as_data_source(split=split)
     for start in range(0, len(source), 256):
@@ -206,7 +259,9 @@ def _documents(dataset, split, data_dir):
         value = example[dataset["field"]]
         yield [(value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value), True)]
     return
-  options = {k: dataset[k] for k in ("field", "prompt_field", "completion_field") if k in dataset}
+  options = {k: dataset[k] for k in ("field", "prompt_field", "completion_field", "messages_field") if k in dataset}
+  if renders_chat(dataset, tokenizer):
+    options["render"] = functools.partial(chat.assistant_segments, tokenizer)
   for document in documents.read(dataset["format"], dataset["files"], **options):
     if documents.in_split(document, split, dataset["validation_fraction"]):
       yield document

@@ -63,12 +63,19 @@ class Tokenizer:
   kind = None
   file_name = None  # Its name in a Hugging Face directory: 'tokenizer.model' or 'tokenizer.json'.
   adds_bos = False  # Whether BOS goes before a prompt, as transformers would put it (see above).
+  chat_template = None  # The model's Jinja chat template (str), where it has one: see data/chat.py.
 
   def __init__(self, path):
     self.path = path
     with open(path, "rb") as f:
       self.fingerprint = hashlib.sha256(f.read()).hexdigest()
     self._config = _read_config(os.path.join(os.path.dirname(path), "tokenizer_config.json"))
+    self.chat_template = _chat_template(os.path.dirname(path), self._config)
+
+  def token(self, role):
+    """The text of the 'bos', 'eos' or 'pad' token ('<|im_end|>'), or None where there is none."""
+    i = getattr(self, f"{role}_id")
+    return None if i is None else self.id_to_token(i)
 
   def __repr__(self):
     return f"{type(self).__name__}({self.path!r}, vocab_size={self.vocab_size})"
@@ -252,6 +259,21 @@ def _read_config(path):
   if not isinstance(config, dict):
     raise UserError(f"{path} holds a JSON {type(config).__name__}, not an object; fix it or remove it")
   return config
+
+
+def _chat_template(directory, config):
+  """A Hugging Face directory's chat template, where transformers finds it: chat_template.jinja
+  (transformers >= 4.43 saves it there), else tokenizer_config.json's chat_template (a str,
+  or a list of named templates, of which 'default')."""
+  path = os.path.join(directory, "chat_template.jinja")
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+  template = (config or {}).get("chat_template")
+  if isinstance(template, list):
+    named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+    template = named.get("default")
+  return template if isinstance(template, str) else None
 
 
 def _utf8_len(text):

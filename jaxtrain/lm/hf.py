@@ -199,6 +199,8 @@ def _write_tokenizer(directory, tokenizer):
               "add_prefix_space": False, **names}
   else:
     config = {"tokenizer_class": "PreTrainedTokenizerFast", **names}
+  if tokenizer.chat_template:
+    config["chat_template"] = tokenizer.chat_template
   with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
     json.dump(config, f, indent=2, sort_keys=True)
   return special

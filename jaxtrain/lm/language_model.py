@@ -1,17 +1,22 @@
-"""Language models for notebooks and scripts: load a jaxtrain run or a Hugging Face
-directory (of a family `lm.families` knows: Llama), score tokens, sample text, export to Hugging Face.
+"""Language models for notebooks and scripts: load a jaxtrain run, a Hugging Face
+directory or a GGUF file (of a family `lm.families` knows), score tokens, sample text, chat,
+export to Hugging Face or GGUF.
 
     import jaxtrain.lm
     lm = jaxtrain.lm.load("runs/code_lm")            # newest checkpoint; or step=N
     lm = jaxtrain.lm.load("path/to/SmolLM-135M")     # config.json + *.safetensors + tokenizer
+    lm = jaxtrain.lm.load("SmolLM2-135M-Instruct.Q4_1.gguf")  # dequantized; param_dtype="bfloat16"
     lm.tokenizer.encode("def f(x):")                 # ids; lm.tokenizer.decode(ids)
     lm.logits([[1, 7, 42]])                          # float32 numpy [batch, length, vocab]
     lm.generate(["def fib(n):"], max_new_tokens=64)  # greedy; temperature=, top_k=, top_p=, seed=, stop=
-    lm.export_hf("out/code_lm_hf")                   # transformers loads it as LlamaForCausalLM
+    lm.chat([{"role": "user", "content": "Hi!"}])    # the reply, through the model's chat template
+    lm.export_hf("out/code_lm_hf")                   # transformers loads it (LlamaForCausalLM, ...)
+    lm.export_gguf("out/code_lm.gguf", outtype="q8_0")  # llama.cpp runs it
 
 The variables are placed by `parallel_config` (a `config.parallel` section as a dict;
 default: FSDP over every device, so a model larger than one device's memory loads): a run's checkpoint is
-restored by Orbax and an HF directory read by safetensors straight into those shardings.
+restored by Orbax, an HF directory read by safetensors and a GGUF file dequantized row by row
+straight into those shardings.
 Every mistake (a bad path, an architecture no family reads, a tokenizer that does not fit the
 model, a prompt longer than the context) raises a UserError with one line.
 """
@@ -26,10 +31,13 @@ from absl import logging
 
 from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain import config as config_lib
+from jaxtrain.data import chat as chat_lib
 from jaxtrain.data import text as text_lib
 from jaxtrain.data import tokenizers
 from jaxtrain.errors import UserError
 from jaxtrain.lm import families
+from jaxtrain.lm import gguf
+from jaxtrain.lm import gguf_tokenizer
 from jaxtrain.lm import hf
 from jaxtrain.lm import sampling
 from jaxtrain import models
@@ -42,20 +50,27 @@ from jaxtrain import step as step_lib
 DEFAULT_PARALLEL = dict(strategy="jit", mesh=dict(data=1, fsdp=-1, tensor=1))
 
 
-def load(path, step=None, *, parallel_config=None, dtype=None):
-  """An `LM` from a jaxtrain work directory (its newest checkpoint, or `step`) or a
-  Hugging Face directory. `dtype`: the computation dtype ('bfloat16'); params stay
-  float32."""
+def load(path, step=None, *, parallel_config=None, dtype=None, param_dtype=None):
+  """An `LM` from a jaxtrain work directory (its newest checkpoint, or `step`), a Hugging
+  Face directory or a GGUF file. `dtype`: the computation dtype ('bfloat16');
+  `param_dtype`: the parameters' (default float32; 'bfloat16' halves the memory of a
+  Hugging Face or GGUF model, which is read straight into it)."""
   path = storage.absolute(path) if storage.is_gcs(path) else os.path.expanduser(str(path))
-  if not storage.isdir(path):
-    raise UserError(f"model path {path} does not exist or is not a directory; give a jaxtrain work directory "
-                    f"or a Hugging Face model directory")
   strategy = strategy_for(parallel_config)
+  if gguf.is_gguf(path) and not storage.is_gcs(path):
+    if step is not None:
+      raise UserError(f"step={step} is for jaxtrain work directories; {path} is a GGUF file")
+    return _load_gguf(path, strategy, dtype, param_dtype)
+  if not storage.isdir(path):
+    raise UserError(f"model path {path} does not exist or is not a directory; give a jaxtrain work directory, "
+                    f"a Hugging Face model directory or a .gguf file")
   if layout.has_checkpoints(path):
+    if param_dtype is not None:
+      raise UserError("param_dtype is for Hugging Face and GGUF models; a run's checkpoint keeps its own")
     return _load_run(path, step, strategy, dtype)
   if step is not None:
     raise UserError(f"step={step} is for jaxtrain work directories; {path} has no checkpoints/")
-  return _load_hf(path, strategy, dtype)
+  return _load_hf(path, strategy, dtype, param_dtype)
 
 
 class LM:
@@ -102,11 +117,32 @@ class LM:
                               special_tokens=special_tokens)
     return texts[0] if single else texts
 
+  def chat(self, messages, **sampling):
+    """The assistant's reply to a conversation (a list of {'role', 'content'} dicts), or
+    the replies to a list of conversations: rendered with the model's chat template and
+    its generation prompt (data/chat.py), continued by `generate` (its keyword arguments),
+    with no BOS of the tokenizer's own: a template that wants one writes it, as
+    transformers' apply_chat_template(tokenize=True) does."""
+    several = isinstance(messages, (list, tuple)) and bool(messages) and all(
+        isinstance(m, (list, tuple)) for m in messages)
+    conversations = list(messages) if several else [messages]
+    texts = [chat_lib.render_for(self.tokenizer, c, add_generation_prompt=True) for c in conversations]
+    replies = self.generate(texts, add_bos=False, special_tokens=True, **sampling)
+    return replies if several else replies[0]
+
   def export_hf(self, directory, dtype="float32"):
     """Writes a Hugging Face directory (config.json, model.safetensors, the tokenizer)."""
     family = self.family or families.for_model("llama", self.source)  # An LM made by hand: a Llama.
     hf.save(directory, family, self.module, self.variables["params"], self.tokenizer, self.context_length, dtype)
     logging.info("Wrote %s (%s, %s).", directory, family.architecture, dtype)
+
+  def export_gguf(self, path, outtype="f32"):
+    """Writes a GGUF file that llama.cpp runs: the model in `outtype` (f32, f16, bf16 or
+    q8_0), its tokenizer and chat template."""
+    family = self.family or families.for_model("llama", self.source)
+    gguf.save(os.path.expanduser(str(path)), family, self.module, self.variables["params"], self.tokenizer,
+              self.context_length, outtype)
+    logging.info("Wrote %s (%s, %s).", path, family.gguf_arch, outtype)
 
 
 def _check_tokenizer(tokenizer, module, source):
@@ -128,16 +164,39 @@ def abstract_variables(module, strategy):
   return strategy.abstract_state(lambda: step_lib.init_variables(module, EXAMPLE, 0))
 
 
-def _load_hf(directory, strategy, dtype):
+def _load_hf(directory, strategy, dtype, param_dtype):
   family, kwargs, extras = hf.read_config(directory)
   tokenizer = tokenizers.load(directory)
   module = family.module(**kwargs, dtype=dtype or "float32")
   _check_tokenizer(tokenizer, module, directory)  # Before reading gigabytes of weights.
-  abstract = abstract_variables(module, strategy)
+  abstract = with_dtype(abstract_variables(module, strategy), param_dtype)
   variables = {"params": hf.load_params(directory, family, abstract["params"])}
   lm = LM(module, variables, tokenizer, extras["context_length"], directory, extras["eos_ids"], strategy)
   lm.family = family
   return lm
+
+
+def _load_gguf(path, strategy, dtype, param_dtype):
+  family, kwargs, extras, f = gguf.read_config(path)
+  tokenizer = gguf_tokenizer.load(f)
+  module = family.module(**kwargs, dtype=dtype or "float32")
+  _check_tokenizer(tokenizer, module, path)
+  abstract = with_dtype(abstract_variables(module, strategy), param_dtype)
+  variables = {"params": gguf.load_params(f, family, abstract["params"], module)}
+  lm = LM(module, variables, tokenizer, extras["context_length"], path, extras["eos_ids"], strategy)
+  lm.family = family
+  return lm
+
+
+def with_dtype(abstract, dtype):
+  """`abstract` (ShapeDtypeStructs) with floating leaves of `dtype` (None: unchanged)."""
+  if dtype is None:
+    return abstract
+  dtype = jnp.dtype(dtype)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise UserError(f"param_dtype must be a floating dtype such as 'bfloat16', got {dtype}")
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, dtype, sharding=a.sharding)
+                      if jnp.issubdtype(a.dtype, jnp.floating) else a, abstract)
 
 
 def _load_run(workdir, step, strategy, dtype):

@@ -26,7 +26,8 @@ METRICS = "metrics.jsonl"
 SAMPLES = "samples.jsonl"
 TENSORBOARD = "tensorboard"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # What a run keeps beside config.json.
-TOKENIZER_CONFIG = "tokenizer_config.json"  # A tokenizer.json's special tokens.
+TOKENIZER_CONFIG = "tokenizer_config.json"  # A tokenizer.json's special tokens (and chat template).
+CHAT_TEMPLATE = "chat_template.jinja"  # A Hugging Face directory's chat template, where it has its own file.
 
 
 def checkpoints(workdir):
@@ -108,6 +109,9 @@ def keep_tokenizer(workdir, tokenizer):
   special = os.path.join(os.path.dirname(tokenizer.path), TOKENIZER_CONFIG)
   if tokenizer.kind != "sentencepiece" and os.path.exists(special):
     names[special] = TOKENIZER_CONFIG
+  template = os.path.join(os.path.dirname(tokenizer.path), CHAT_TEMPLATE)
+  if os.path.exists(template):  # Where transformers >= 4.43 keeps the chat template.
+    names[template] = CHAT_TEMPLATE
   for source, name in names.items():
     storage.copy_in(source, os.path.join(workdir, name))
 

@@ -1,15 +1,17 @@
 """Starting a fresh run from the weights of another run: `config.init_from`.
 
     config.init_from = dict(workdir="runs/pretrain")                  # its newest checkpoint
-    config.init_from = dict(hf_dir="path/to/SmolLM-135M")             # a Hugging Face Llama
+    config.init_from = dict(hf_dir="path/to/SmolLM-135M")             # a Hugging Face model
+    config.init_from = dict(gguf="SmolLM2-135M-Instruct.Q4_1.gguf")   # a GGUF file (dequantized)
     config.init_from = dict(workdir="runs/pretrain", step=400,
                             ignore=("params/head/",),                 # left at their fresh init
                             rename=(("^params/encoder/(.*)", r"params/\\1"),))  # new name -> old
 
     config.init_from = dict(workdir="runs/code_lm", model=True)     # its architecture too
 
-`model=True` takes the model section from the source (a run's config.json, or the Hugging
-Face config.json) and, where input.data.tokenizer is unset, its tokenizer: an experiment
+`model=True` takes the model section from the source (a run's config.json, the Hugging
+Face config.json, or a GGUF's metadata) and, where input.data.tokenizer is unset, its
+tokenizer (a GGUF's converted once into a tokenizer.json: lm/gguf_tokenizer.py): an experiment
 can then fine-tune whatever model it is given (experiments/email_assistant.py). Keys the
 config's own `model` sets win (dropout rates, dtype, remat); see `resolve_model`.
 
@@ -41,6 +43,8 @@ from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain import config as config_lib
 from jaxtrain.data import text as text_lib
 from jaxtrain.errors import UserError
+from jaxtrain.lm import gguf
+from jaxtrain.lm import gguf_tokenizer
 from jaxtrain.lm import hf
 from jaxtrain import paths
 from jaxtrain.rundir import layout
@@ -111,12 +115,15 @@ def plan(section, abstract_state, module=None):
 
 def _plan(section, abstract_state, module):
   workdir, hf_dir = section.get("workdir", kind=str), section.get("hf_dir", kind=str)
+  gguf_path = section.get("gguf", kind=str)
   section.get("model", False)  # Used by resolve_model, before the model was built.
-  _check_one_source(workdir, hf_dir)
+  _check_one_source(workdir, hf_dir, gguf_path)
   if workdir is not None:
     source = _RunSource(os.path.expanduser(workdir), section)
-  else:
+  elif hf_dir is not None:
     source = _HFSource(os.path.expanduser(hf_dir), section.path("hf_dir"), module)
+  else:
+    source = _GGUFSource(_given_path(gguf_path), section.path("gguf"), module)
   new = _variables_by_name(abstract_state)
   ignore = section.get("ignore", (), kind=object)
   ignore = [ignore] if isinstance(ignore, str) else list(ignore)
@@ -198,8 +205,13 @@ def resolve_model(config, workdir=None):
 
 def _source_model(section):
   """(model section, tokenizer path or None, where) of the init_from source."""
-  workdir, hf_dir = section.get("workdir"), section.get("hf_dir")
-  _check_one_source(workdir, hf_dir)
+  workdir, hf_dir, gguf_path = section.get("workdir"), section.get("hf_dir"), section.get("gguf")
+  _check_one_source(workdir, hf_dir, gguf_path)
+  if gguf_path is not None:
+    gguf_path = _given_path(gguf_path)
+    family, kwargs, _, f = gguf.read_config(gguf_path)
+    tokenizer = gguf_tokenizer.load(f).path
+    return dict(name=family.model_name, **{k: v for k, v in kwargs.items() if v is not None}), tokenizer, gguf_path
   if hf_dir is not None:
     hf_dir = os.path.expanduser(hf_dir)
     if not os.path.isdir(hf_dir):
@@ -217,10 +229,11 @@ def _source_model(section):
   return dict(run_config.get("model", {})), tokenizer, workdir
 
 
-def _check_one_source(workdir, hf_dir):
-  if (workdir is None) == (hf_dir is None):
-    raise UserError("config key 'init_from' needs one of workdir= (a jaxtrain run) or hf_dir= (a Hugging Face "
-                    "Llama directory)" + (", not both" if workdir else ""))
+def _check_one_source(workdir, hf_dir, gguf_path):
+  given = sum(source is not None for source in (workdir, hf_dir, gguf_path))
+  if given != 1:
+    raise UserError("config key 'init_from' needs one of workdir= (a jaxtrain run), hf_dir= (a Hugging Face model "
+                    "directory) or gguf= (a GGUF file)" + (", not several" if given else ""))
 
 
 def _given_path(path):
@@ -278,6 +291,30 @@ class _HFSource:
     for old, target in targets.items():
       _put(tree, old.split("/")[1:], target)  # Without 'params/'.
     loaded = hf.load_params(self.where, self.family, tree, allow_unused=True)
+    return dict(paths.named_leaves(loaded, "params/"))
+
+
+class _GGUFSource:
+  """A GGUF file, seen as the jaxtrain model its metadata describes (as _HFSource): its
+  tensors dequantized slice by slice into the new model's shardings and dtypes."""
+
+  def __init__(self, path, key, module):
+    if not os.path.isfile(path):
+      raise UserError(f"{key}={path} is not a file; give a .gguf file")
+    self.family, kwargs, _, self.file = gguf.read_config(path)
+    scan = {"scan_layers": module.scan_layers} if hasattr(module, "scan_layers") else {}
+    self.module = self.family.module(**kwargs, **scan)
+    abstract = jax.eval_shape(lambda: self.module.init(jax.random.PRNGKey(0), np.zeros((1, 8), np.int32),
+                                                       train=False))
+    gguf.unused_tensors(self.file, self.family, abstract["params"], self.module)  # Names and shapes checked now.
+    self.what = self.where = path
+    self.shapes = {name: tuple(leaf.shape) for name, leaf in paths.named_leaves(abstract["params"], "params/")}
+
+  def read(self, targets):
+    tree = {}
+    for old, target in targets.items():
+      _put(tree, old.split("/")[1:], target)
+    loaded = gguf.load_params(self.file, self.family, tree, self.module, allow_unused=True)
     return dict(paths.named_leaves(loaded, "params/"))
 
 

@@ -22,6 +22,11 @@ class Family:
   model_type = None     # Hugging Face's config.json model_type ('llama').
   stacked_prefix = None  # Parameter paths of layers stacked by scan ('layers/'), one slice per layer.
   ignored = re.compile(r"(?!)")  # Hugging Face weights read by nothing (recomputed buffers).
+  # GGUF (lm.gguf): llama.cpp's name for the architecture ('llama', 'qwen2'), and whether
+  # llama.cpp's converter permuted the Q/K projections' rows for its rotary layout (it does
+  # so for the 'llama' architecture only). A family with no gguf_arch has no GGUF form.
+  gguf_arch = None
+  gguf_permutes_qk = False
 
   def module(self, **kwargs):
     """The Flax module for the keyword arguments `from_hf_config` returns."""
@@ -61,6 +66,15 @@ def for_model(name, where):
       return family
   raise UserError(f"{where} trains model '{name}', which has no language-model family (jaxtrain.lm knows "
                   f"{', '.join(repr(f.model_name) for f in _FAMILIES)})")
+
+
+def for_gguf_arch(arch, path):
+  """The family that llama.cpp's architecture name `arch` (a GGUF's general.architecture) is."""
+  for family in _FAMILIES:
+    if family.gguf_arch == arch:
+      return family
+  known = sorted({f.gguf_arch for f in _FAMILIES if f.gguf_arch})
+  raise UserError(f"{path} holds a '{arch}' model, not an architecture jaxtrain reads from GGUF ({', '.join(known)})")
 
 
 def for_hf_config(config, path):

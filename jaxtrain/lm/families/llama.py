@@ -20,6 +20,8 @@ class Llama(families.Family):
   architecture = "LlamaForCausalLM"
   model_type = "llama"
   stacked_prefix = "layers/"
+  gguf_arch = "llama"
+  gguf_permutes_qk = True
   # Old checkpoints saved RoPE's buffer (recomputed here); tied ones may store the head's copy
   # of the embedding (an untied model reads it, so it is never left over there).
   ignored = re.compile(r"rotary_emb\.inv_freq$|^lm_head\.weight$")

