@@ -96,7 +96,8 @@ def hf_config(f, family):
             "num_hidden_layers": a("block_count"), "num_attention_heads": heads,
             "num_key_value_heads": kv_heads or heads, "intermediate_size": a("feed_forward_length"),
             "max_position_embeddings": a("context_length", 2048),
-            "rms_norm_eps": a("attention.layer_norm_rms_epsilon", 1e-6), "rope_theta": a("rope.freq_base", 10000.0),
+            "rms_norm_eps": _decimal(a("attention.layer_norm_rms_epsilon", 1e-6)),
+            "rope_theta": _decimal(a("rope.freq_base", 10000.0)),
             "tie_word_embeddings": "output.weight" not in f.tensors,
             "bos_token_id": f.value("tokenizer.ggml.bos_token_id"),
             "eos_token_id": sorted({f.value(f"tokenizer.ggml.{role}_token_id") for role in ("eos", "eot", "eom")}
@@ -112,6 +113,12 @@ def hf_config(f, family):
   if missing:
     raise UserError(f"{f.path} lacks the {f.arch} metadata for {', '.join(missing)}")
   return config
+
+
+def _decimal(value):
+  """A float32 from the file as the decimal it was written from (9.999999747e-06 -> 1e-05):
+  the same float32, and what config.json should say again on export."""
+  return None if value is None else float(str(np.float32(value)))
 
 
 def _name_map(family, num_layers):
@@ -252,7 +259,7 @@ def save(path, family, module, params, tokenizer, context_length, outtype="f32")
   try:
     writer = gguf.GGUFWriter(tmp, family.gguf_arch)
     _write_metadata(writer, family, module, context_length, outtype)
-    gguf_tokenizer.write(writer, tokenizer)
+    gguf_tokenizer.write(writer, tokenizer, module.vocab_size)
     for tensor_name, (data, qtype) in tensors.items():
       writer.add_tensor(tensor_name, data, raw_dtype=qtype)
     writer.write_header_to_file()

@@ -144,12 +144,15 @@ def _write_sentencepiece(meta, tokens, types, out):
 # ---------------------------------------------------------------------------------------
 
 
-def write(writer, tokenizer):
-  """Adds `tokenizer`'s vocabulary, special tokens and chat template to a gguf.GGUFWriter."""
+def write(writer, tokenizer, vocab_size):
+  """Adds `tokenizer`'s vocabulary, special tokens and chat template to a gguf.GGUFWriter,
+  listing `vocab_size` tokens (the embedding's rows: llama.cpp refuses a file whose token
+  list is shorter; the rows past the tokenizer's ids are '[PADn]' tokens of type UNUSED,
+  as llama.cpp's converter writes them)."""
   if tokenizer.kind == "sentencepiece":
-    _add_sentencepiece(writer, tokenizer)
+    _add_sentencepiece(writer, tokenizer, vocab_size)
   else:
-    _add_bpe(writer, tokenizer)
+    _add_bpe(writer, tokenizer, vocab_size)
   for role, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
                     ("pad", writer.add_pad_token_id)):
     if getattr(tokenizer, f"{role}_id") is not None:
@@ -160,7 +163,15 @@ def write(writer, tokenizer):
     writer.add_chat_template(tokenizer.chat_template)
 
 
-def _add_bpe(writer, tokenizer):
+def _padded(tokens, types, vocab_size, scores=None):
+  """The lists extended to `vocab_size` entries with llama.cpp's padding tokens."""
+  extra = range(len(tokens), vocab_size)
+  tokens = tokens + [f"[PAD{i}]" for i in extra]
+  types = types + [UNUSED] * len(extra)
+  return (tokens, types) if scores is None else (tokens, types, scores + [-1000.0] * len(extra))
+
+
+def _add_bpe(writer, tokenizer, vocab_size):
   with open(tokenizer.path, encoding="utf-8") as f:
     spec = json.load(f)
   model = spec.get("model") or {}
@@ -175,6 +186,7 @@ def _add_bpe(writer, tokenizer):
   for added in spec.get("added_tokens") or []:
     types[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
   merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+  tokens, types = _padded(tokens, types, vocab_size)
   writer.add_tokenizer_model("gpt2")
   writer.add_tokenizer_pre(_pre_name(spec.get("pre_tokenizer"), tokenizer.path))
   writer.add_token_list(tokens)
@@ -207,7 +219,7 @@ def _pre_name(pre, path):
                   f"it has no GGUF form")
 
 
-def _add_sentencepiece(writer, tokenizer):
+def _add_sentencepiece(writer, tokenizer, vocab_size):
   from sentencepiece import sentencepiece_model_pb2 as pb  # pylint: disable=import-outside-toplevel
   model = pb.ModelProto()
   with open(tokenizer.path, "rb") as f:
@@ -219,11 +231,13 @@ def _add_sentencepiece(writer, tokenizer):
   kinds = {pb.ModelProto.SentencePiece.NORMAL: NORMAL, pb.ModelProto.SentencePiece.UNKNOWN: UNKNOWN,
            pb.ModelProto.SentencePiece.CONTROL: CONTROL, pb.ModelProto.SentencePiece.USER_DEFINED: USER_DEFINED,
            pb.ModelProto.SentencePiece.UNUSED: UNUSED, pb.ModelProto.SentencePiece.BYTE: BYTE}
+  tokens, types, scores = _padded([p.piece for p in model.pieces], [kinds[p.type] for p in model.pieces], vocab_size,
+                                  [p.score for p in model.pieces])
   writer.add_tokenizer_model("llama")
   writer.add_tokenizer_pre("default")
-  writer.add_token_list([p.piece for p in model.pieces])
-  writer.add_token_scores([p.score for p in model.pieces])
-  writer.add_token_types([kinds[p.type] for p in model.pieces])
+  writer.add_token_list(tokens)
+  writer.add_token_scores(scores)
+  writer.add_token_types(types)
   writer.add_add_space_prefix(model.normalizer_spec.add_dummy_prefix)
   if model.trainer_spec.unk_id >= 0:
     writer.add_unk_token_id(model.trainer_spec.unk_id)

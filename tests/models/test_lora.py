@@ -196,8 +196,8 @@ def test_export_mistakes_are_one_line(run, tfds_dir, corpus, tmp_path):
   done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
   assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == \
       f"error: --out={out} exists and is not empty; export to a new directory"
-  with pytest.raises(UserError, match="--format must be one of hf, peft"):
-    export_lib.export(run, "gguf", str(tmp_path / "a"))
+  with pytest.raises(UserError, match="--format must be one of hf, peft, gguf"):
+    export_lib.export(run, "onnx", str(tmp_path / "a"))
   plain = str(tmp_path / "plain")
   config = tiny_lm(corpus)
   config.total_steps, config.schedule.warmup_steps = 2, 1
