@@ -5,7 +5,7 @@ with lm-evaluation-harness (0.4) semantics, so numbers compare with published on
         --output_path=out/next_line_5shot --log_samples
 
 --model is whatever jaxtrain.lm.load takes: a jaxtrain work directory (newest checkpoint,
-or --step) or a Hugging Face Llama directory. --tasks is a comma-separated list of .jsonl
+or --step), a Hugging Face model directory or a GGUF file. --tasks is a comma-separated list of .jsonl
 task files (or .json task specs); the task's name is the file's stem. Task files are
 described in jaxtrain/evals/lm_tasks.py. The results table goes to stdout; with
 --output_path, DIR/results.json ({"results": {TASK: {"acc", "acc_stderr", "acc_norm",

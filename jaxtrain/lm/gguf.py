@@ -19,6 +19,7 @@ f32, as llama.cpp's converter keeps them), its tokenizer and chat template
 import os
 import tempfile
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -71,6 +72,10 @@ def read_config(path):
   f = File(path)
   family = families.for_gguf_arch(f.arch, path)
   config = hf_config(f, family)
+  if family.model_type == "llama" and config.get("sliding_window"):
+    # llama.cpp writes Mistral as 'llama'; a window in the file (jaxtrain's exports write it) is Mistral's.
+    family = families.for_hf_config({"model_type": "mistral"}, path)
+    config.update(architectures=[family.architecture], model_type=family.model_type)
   try:
     kwargs, extras = family.from_hf_config(config, path)
   except KeyError as e:
@@ -102,8 +107,8 @@ def hf_config(f, family):
             "bos_token_id": f.value("tokenizer.ggml.bos_token_id"),
             "eos_token_id": sorted({f.value(f"tokenizer.ggml.{role}_token_id") for role in ("eos", "eot", "eom")}
                                    - {None}) or None}
-  if a("attention.key_length") is not None:
-    config["head_dim"] = a("attention.key_length")
+  # Always: without it Qwen3's reader would take transformers' default of 128.
+  config["head_dim"] = a("attention.key_length") or (config["hidden_size"] // heads if heads else None)
   if a("attention.sliding_window") is not None:
     config["sliding_window"] = a("attention.sliding_window")
   scaling = a("rope.scaling.type")
@@ -247,9 +252,14 @@ def save(path, family, module, params, tokenizer, context_length, outtype="f32")
   check_new_file(path)
   if family.gguf_arch is None:
     raise UserError(f"{family.title} models have no GGUF form in jaxtrain")
+  family.to_hf_config(module, context_length, "float32", {})  # A module the family cannot hold: one line, now.
   if module.rope_scaling:
     raise UserError(f"this model scales RoPE ({module.rope_scaling.get('rope_type')}), which jaxtrain does not "
                     f"write to GGUF yet; export --format=hf and convert with llama.cpp")
+  if getattr(module, "sliding_window", None) and family.gguf_arch == "llama":
+    logging.warning("llama.cpp's 'llama' architecture (which Mistral is in GGUF) ignores the sliding window of %d "
+                    "that the file records: past that many tokens llama.cpp attends to more than this model does",
+                    module.sliding_window)
   tensors = _tensors(family, module, params, outtype)
   if jax.process_index() != 0:
     return

@@ -10,7 +10,8 @@ cache directory named by a hash of that metadata (`$JAXTRAIN_CACHE`, default
 - 'llama' (SentencePiece BPE: Llama 2, Mistral, TinyLlama): a SentencePiece model rebuilt
   from the tokens, scores and token types.
 Beside it a tokenizer_config.json with the bos/eos/pad/unk tokens, add_bos_token and the
-chat template. So `tokenizers.load(directory)` reads it like any Hugging Face tokenizer, a
+chat template. The '[PADn]' tokens that pad a vocabulary to the embedding's rows are left
+out: the tokenizer never makes them, and decoding skips their ids, as the original did. So `tokenizers.load(directory)` reads it like any Hugging Face tokenizer, a
 run keeps it like any other, and export writes it back.
 
 Out (`write`): the same metadata from a tokenizer.json of byte-level BPE or a SentencePiece
@@ -65,6 +66,12 @@ def _convert(path, meta, directory):
   os.makedirs(os.path.dirname(directory), exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".partial-", dir=os.path.dirname(directory))
   tokens, types = meta["tokens"], meta["token_type"] or [NORMAL] * len(meta["tokens"])
+  size = len(tokens)
+  while size and types[size - 1] == UNUSED and tokens[size - 1] == f"[PAD{size - 1}]":
+    size -= 1  # The converter's padding up to the embedding's rows: no token of the tokenizer.
+  tokens, types = tokens[:size], types[:size]
+  if meta["scores"]:
+    meta = dict(meta, scores=meta["scores"][:size])
   if meta["model"] == "gpt2":
     _write_bpe(path, meta, tokens, types, os.path.join(tmp, "tokenizer.json"))
     add_bos = bool(meta["add_bos_token"])  # llama.cpp's default for BPE vocabularies: no BOS.

@@ -135,6 +135,7 @@ def save(directory, family, module, params, tokenizer, context_length, dtype="fl
   several processes, all must call it (each gathers its shards); process 0 writes."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   check_new_directory(directory)
+  family.to_hf_config(module, context_length, dtype, {})  # A module the family cannot hold: one line, now.
   tensors = {}
   for path, array in paths.named_leaves(params):
     array = np.asarray(gathered(array), np.dtype(jax.numpy.dtype(dtype)))

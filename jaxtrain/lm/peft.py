@@ -1,6 +1,8 @@
 """LoRA adapters as the `peft` library saves them (adapter_config.json,
 adapter_model.safetensors), out of a LoRA run and back in: names follow the model family's
-Hugging Face names, under PeftModel's prefix.
+Hugging Face names, under PeftModel's prefix, so every family (Llama, Qwen2, Qwen3,
+Mistral) is written alike. Adapters sit on kernels alone: q/k/v biases (Qwen2) stay the
+base model's, as PEFT's `bias='none'` says.
 """
 
 import json

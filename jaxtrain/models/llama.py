@@ -5,6 +5,8 @@ checkpoint converts by renaming and transposing:
     HF state dict (torch Linear weights are [out, in])   params here (Flax kernels are [in, out])
     model.embed_tokens.weight [V, D]                      embed_tokens/embedding [V, D]
     model.layers.{i}.self_attn.{q,k,v,o}_proj.weight      layers_{i}/self_attn/{q,k,v,o}_proj/kernel  (.T)
+    model.layers.{i}.self_attn.{q,k,v}_proj.bias          layers_{i}/self_attn/{q,k,v}_proj/bias  (attention_bias)
+    model.layers.{i}.self_attn.{q,k}_norm.weight          layers_{i}/self_attn/{q,k}_norm/scale   (qk_norm)
     model.layers.{i}.mlp.{gate,up,down}_proj.weight       layers_{i}/mlp/{gate,up,down}_proj/kernel   (.T)
     model.layers.{i}.input_layernorm.weight               layers_{i}/input_layernorm/scale
     model.layers.{i}.post_attention_layernorm.weight      layers_{i}/post_attention_layernorm/scale
@@ -16,8 +18,15 @@ axis of length num_layers: layers_0 .. layers_{L-1} stacked on axis 0.
 
 RoPE follows HF's "rotate_half" layout (dimension i pairs with i + head_dim/2); HF's
 converted checkpoints are permuted for it, Meta's original ones are not. `rope_scaling`
-takes HF's "llama3" (Llama 3.1+) and "linear" frequencies. Not implemented: attention/MLP
-biases.
+takes HF's "llama3" (Llama 3.1+) and "linear" frequencies.
+
+Three fields make it the other families of `jaxtrain.lm.families`, each off by default (the
+parameter tree and the computation then stay a Llama's): `attention_bias` (Qwen2: biases on
+q/k/v_proj, HF's `q_proj.bias`; o_proj and the MLP have none), `qk_norm` (Qwen3: an RMSNorm
+over head_dim on each head of q and k before RoPE, `self_attn/{q,k}_norm/scale`) and
+`sliding_window` (Mistral: a query attends to the last `sliding_window` tokens, itself
+included, as transformers' `kv_idx > q_idx - sliding_window`; counted in tokens of the row,
+so left padding and packing do not move it).
 
 Decoding with a KV cache (`jaxtrain.lm.sampling`): pass `cache` (from `init_cache`), the slot
 `cache_index` where `tokens` go, and `key_valid` [B, S] (False on left padding); the model
@@ -110,8 +119,8 @@ def apply_rope(x, cos, sin):
   return (x32 * cos + jnp.concatenate([-second, first], axis=-1) * sin).astype(x.dtype)
 
 
-def _dense(features, dtype, name):
-  return nn.Dense(features, use_bias=False, dtype=dtype, kernel_init=_init(), name=name)
+def _dense(features, dtype, name, bias=False):
+  return nn.Dense(features, use_bias=bias, dtype=dtype, kernel_init=_init(), name=name)
 
 
 class Attention(nn.Module):
@@ -122,13 +131,21 @@ class Attention(nn.Module):
   dtype: str
   dropout: float = 0.0        # On the attention probabilities.
   deterministic: bool = True
+  bias: bool = False          # On q/k/v_proj (Qwen2).
+  qk_norm: bool = False       # RMSNorm of each head of q and k (Qwen3).
+  norm_eps: float = 1e-5      # qk_norm's.
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
     b, t, _ = x.shape
-    q = _dense(self.num_heads * self.head_dim, self.dtype, "q_proj")(x).reshape(b, t, self.num_heads, -1)
-    k = _dense(self.num_kv_heads * self.head_dim, self.dtype, "k_proj")(x).reshape(b, t, self.num_kv_heads, -1)
-    v = _dense(self.num_kv_heads * self.head_dim, self.dtype, "v_proj")(x).reshape(b, t, self.num_kv_heads, -1)
+
+    def project(heads, name):
+      return _dense(heads * self.head_dim, self.dtype, name, self.bias)(x).reshape(b, t, heads, self.head_dim)
+    q = project(self.num_heads, "q_proj")
+    k, v = project(self.num_kv_heads, "k_proj"), project(self.num_kv_heads, "v_proj")
+    if self.qk_norm:  # Over head_dim, one scale shared by all heads; before RoPE, as HF's Qwen3.
+      q = RMSNorm(self.norm_eps, self.dtype, name="q_norm")(q)
+      k = RMSNorm(self.norm_eps, self.dtype, name="k_norm")(k)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     if cache is not None:  # Decoding: attend to the cache with this call's keys written in.
       at = (0, cache_index, 0, 0)
@@ -191,6 +208,8 @@ class Block(nn.Module):
   attention_dropout: float
   dtype: str
   deterministic: bool  # A field, not an argument: nn.scan and nn.remat then need no static args.
+  attention_bias: bool = False
+  qk_norm: bool = False
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
@@ -198,8 +217,8 @@ class Block(nn.Module):
     drop = nn.Dropout(self.residual_dropout, deterministic=self.deterministic)
     h = RMSNorm(self.norm_eps, self.dtype, name="input_layernorm")(x)
     h, cache = Attention(self.dim, self.num_heads, self.num_kv_heads, self.head_dim, self.dtype,
-                         self.attention_dropout, self.deterministic, name="self_attn")(h, cos, sin, mask, cache,
-                                                                                       cache_index)
+                         self.attention_dropout, self.deterministic, bias=self.attention_bias, qk_norm=self.qk_norm,
+                         norm_eps=self.norm_eps, name="self_attn")(h, cos, sin, mask, cache, cache_index)
     x = x + drop(h)
     h = RMSNorm(self.norm_eps, self.dtype, name="post_attention_layernorm")(x)
     x = x + drop(MLP(self.dim, self.mlp_dim, self.dtype, name="mlp")(h))
@@ -230,6 +249,9 @@ class Llama(nn.Module):
   rope_scaling: dict | None = None  # HF's: {'rope_type': 'llama3', 'factor': 8.0, ...}, see rope_frequencies.
   norm_eps: float = 1e-5
   tie_embeddings: bool = False
+  attention_bias: bool = False    # Biases on q/k/v_proj (Qwen2).
+  qk_norm: bool = False           # RMSNorm over head_dim of q and k before RoPE (Qwen3).
+  sliding_window: int | None = None  # Attend to the last N tokens only, itself included (Mistral).
   # Dropout rates in [0, 1), in training only (see the module doc).
   embedding_dropout: float = 0.0  # On the token embeddings, before the first layer.
   attention_dropout: float = 0.0  # On the attention probabilities (HF's attention_dropout).
@@ -249,6 +271,9 @@ class Llama(nn.Module):
     if self.head_size % 2:
       raise ConfigError(f"the head dimension must be even for RoPE, got {self.head_size}")
     _check_rope_scaling(self.rope_scaling)
+    window = self.sliding_window
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+      raise ConfigError(f"model.sliding_window must be a number of tokens >= 1 (or None), got {window!r}")
     for key in ("embedding_dropout", "attention_dropout", "residual_dropout", "dropout"):
       rate = getattr(self, key)
       if key == "residual_dropout" and rate is None:
@@ -290,9 +315,15 @@ class Llama(nn.Module):
     cos, sin = rope_tables(positions, self.head_size, self.rope_theta, self.rope_scaling)
     # [B, 1, T, T]: one head broadcasts over query and key-value heads alike.
     mask = None if segment_ids is None else segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    # Query i (slot cache_index + i) and key slot j: the causal triangle and the window are on
+    # slot distances, which are token distances, left padding being one offset per row.
+    query = jnp.arange(t)[:, None] + (0 if cache is None else cache_index)
+    keys = jnp.arange(t if cache is None else key_valid.shape[1])[None, :]
     if cache is not None:  # [B, 1, T, S]: valid slots up to each query's own.
-      slots = jnp.arange(key_valid.shape[1])
-      mask = key_valid[:, None, None, :] & (slots <= cache_index + jnp.arange(t)[:, None])[None, None]
+      mask = key_valid[:, None, None, :] & (keys <= query)[None, None]
+    if self.sliding_window is not None:
+      band = jnp.broadcast_to(keys > query - self.sliding_window, (b, 1) + query.shape[:1] + keys.shape[1:])
+      mask = band if mask is None else mask & band
 
     embed = nn.Embed(self.vocab_size, self.dim, dtype=self.dtype, embedding_init=_init(), name="embed_tokens")
     x = nn.Dropout(self.embedding_dropout, deterministic=not train)(embed(tokens))
@@ -302,7 +333,8 @@ class Llama(nn.Module):
       block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
     sizes = dict(dim=self.dim, num_heads=self.num_heads, num_kv_heads=self.kv_heads, head_dim=self.head_size,
                  mlp_dim=self.hidden_size, norm_eps=self.norm_eps, residual_dropout=self.residual_rate,
-                 attention_dropout=self.attention_dropout, dtype=self.dtype, deterministic=not train)
+                 attention_dropout=self.attention_dropout, dtype=self.dtype, deterministic=not train,
+                 attention_bias=self.attention_bias, qk_norm=self.qk_norm)
     if self.scan_layers:  # The cache's arrays are stacked over layers too: scanned along axis 0.
       # split_rngs: each layer its own dropout masks. 'intermediates' stacked like the params:
       # without it, capture_intermediates and sow in the layers are dropped without a word.
@@ -343,6 +375,13 @@ class Llama(nn.Module):
     return [layer() for _ in range(self.num_layers)]
 
 
+# Hugging Face families that are this module with a field or two set (jaxtrain.lm.families
+# maps each name to its family): fine-tuned from such a directory, a run keeps the family's
+# name and so exports as that family again.
+for _name in ("qwen2", "qwen3", "mistral"):
+  MODELS.register(_name)(Llama)
+
+
 def _check_rope_scaling(scaling):
   if scaling is None:
     return
@@ -356,10 +395,11 @@ def _check_rope_scaling(scaling):
     raise ConfigError(f"model.rope_scaling of rope_type '{kind}' needs {', '.join(missing)}")
 
 
-def sharding_rules(scan_layers=False, tie_embeddings=False):
+def sharding_rules(scan_layers=False, tie_embeddings=False, attention_bias=False):
   """Megatron-style tensor parallelism for `parallel.rules`: q/k/v/gate/up split on their
   output dim and o/down on their input dim (one all-reduce per attention and per MLP), the
-  embedding and lm_head on the vocabulary. Only 'tensor' is named: FSDP comes on top.
+  embedding and lm_head on the vocabulary; with attention_bias, q/k/v's biases split as
+  their outputs are (qk_norm's scales stay whole). Only 'tensor' is named: FSDP comes on top.
   The patterns name `layers_N` or the scanned `layers`, so a rule set for the other layout
   matches nothing instead of misplacing a stacked axis. With GQA, `tensor` must divide
   num_kv_heads * head_dim (and, to split at head boundaries, num_kv_heads)."""
@@ -369,6 +409,8 @@ def sharding_rules(scan_layers=False, tie_embeddings=False):
       (layers + r"(self_attn/o_proj|mlp/down_proj)/kernel$", lead + ("tensor", None)),
       (r"(^|/)embed_tokens/embedding$", ("tensor", None)),
   ]
+  if attention_bias:
+    rules.append((layers + r"self_attn/[qkv]_proj/bias$", lead + ("tensor",)))
   if not tie_embeddings:
     rules.append((r"(^|/)lm_head/kernel$", (None, "tensor")))
   return tuple(rules)
@@ -380,9 +422,12 @@ def flops_per_token(model, seq_len):
   whether tied or not; the embedding lookup is free) + attention's QK^T and PV.
   Attention: the full square is 12 * L * T * heads * head_dim per token; we halve it for
   the causal mask, as current MaxText does (older MaxText releases and PaLM's MFU count the
-  full square, so their MFU reads higher for the same speed)."""
-  d, hd = model.dim, model.head_size
+  full square, so their MFU reads higher for the same speed). A sliding window W < T
+  attends to W - W^2 / 2T keys per query on average instead of T / 2. Biases and qk_norm
+  are not matmuls: not counted."""
+  d, hd, window = model.dim, model.head_size, model.sliding_window
   per_layer = d * (model.num_heads + 2 * model.kv_heads) * hd + model.num_heads * hd * d + 3 * d * model.hidden_size
   matmul_params = model.num_layers * per_layer + d * model.vocab_size
-  attention = 6 * model.num_layers * seq_len * model.num_heads * hd
+  twice_keys = seq_len if window is None or seq_len <= window else 2 * window - window * window / seq_len
+  attention = 6 * model.num_layers * twice_keys * model.num_heads * hd
   return 6 * matmul_params + attention

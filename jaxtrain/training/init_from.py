@@ -215,7 +215,7 @@ def _source_model(section):
   if hf_dir is not None:
     hf_dir = os.path.expanduser(hf_dir)
     if not os.path.isdir(hf_dir):
-      raise UserError(f"init_from.hf_dir={hf_dir} is not a directory; give a Hugging Face Llama directory "
+      raise UserError(f"init_from.hf_dir={hf_dir} is not a directory; give a Hugging Face model directory "
                       f"(config.json, *.safetensors)")
     family, kwargs, _ = hf.read_config(hf_dir)
     return dict(name=family.model_name, **{k: v for k, v in kwargs.items() if v is not None}), hf_dir, hf_dir
@@ -276,7 +276,7 @@ class _HFSource:
 
   def __init__(self, directory, key, module):
     if not os.path.isdir(directory):
-      raise UserError(f"{key}={directory} is not a directory; give a Hugging Face Llama directory (config.json, "
+      raise UserError(f"{key}={directory} is not a directory; give a Hugging Face model directory (config.json, "
                       f"*.safetensors)")
     self.family, kwargs, _ = hf.read_config(directory)
     scan = {"scan_layers": module.scan_layers} if hasattr(module, "scan_layers") else {}

@@ -90,3 +90,6 @@ def for_hf_config(config, path):
 
 # Importing the families registers them.
 from jaxtrain.lm.families import llama  # pylint: disable=wrong-import-position,unused-import  # noqa: E402,F401
+from jaxtrain.lm.families import qwen2  # pylint: disable=wrong-import-position,unused-import  # noqa: E402,F401
+from jaxtrain.lm.families import qwen3  # pylint: disable=wrong-import-position,unused-import  # noqa: E402,F401
+from jaxtrain.lm.families import mistral  # pylint: disable=wrong-import-position,unused-import  # noqa: E402,F401

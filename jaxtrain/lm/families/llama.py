@@ -49,6 +49,11 @@ class Llama(families.Family):
     return model, extras
 
   def to_hf_config(self, module, context_length, dtype, special):
+    if type(self) is Llama:  # pylint: disable=unidiomatic-typecheck  (the subclasses check their own fields)
+      for field, family in (("attention_bias", "qwen2"), ("qk_norm", "qwen3"), ("sliding_window", "mistral")):
+        if getattr(module, field, None):
+          raise UserError(f"a LlamaForCausalLM has no {field}, which this model sets: train it as "
+                          f"model.name='{family}' to export it as that family")
     scaling = dict(module.rope_scaling) if module.rope_scaling else None
     return {"architectures": [self.architecture], "model_type": self.model_type, "vocab_size": module.vocab_size,
             "hidden_size": module.dim, "intermediate_size": module.hidden_size,
