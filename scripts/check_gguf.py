@@ -1,6 +1,6 @@
 """Checks jaxtrain's GGUF reading and writing against transformers on a real model.
 
-    pip install -e '.[hf]' gguf accelerate     # transformers and PyTorch: never needed otherwise
+    pip install -e '.[hf]'     # transformers, PyTorch and accelerate: never needed otherwise
     python scripts/check_gguf.py [--gguf=PATH] [--new_tokens=40]
 
 Default --gguf: SmolLM2-135M-Instruct (scripts/fetch_model.py fetches it). transformers

@@ -1,7 +1,7 @@
 """Checks the GGUF files jaxtrain writes against llama.cpp itself (llama-cpp-python), and
 writes the reference that tests/lm/test_gguf.py compares with (no llama.cpp there).
 
-    pip install llama-cpp-python      # heavy, never needed otherwise
+    pip install -e '.[llama_cpp]'     # llama-cpp-python, built from source: heavy, never needed otherwise
     python scripts/check_llama_cpp.py [--write]
     python scripts/check_llama_cpp.py --gguf=PATH [--prompt=TEXT ...] [--new_tokens=N]
 
