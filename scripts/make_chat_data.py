@@ -61,9 +61,14 @@ def main(argv):
     messages += [{"role": "user", "content": QUESTIONS[rng.integers(len(QUESTIONS))].format(name=name)},
                  {"role": "assistant", "content": paragraph}]
     lines.append(json.dumps({"messages": messages}, ensure_ascii=False))
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w", encoding="utf-8") as f:
+  parent = os.path.dirname(os.path.abspath(args.out))
+  if os.path.exists(parent) and not os.path.isdir(parent):
+    sys.exit(f"error: {parent} is not a directory; give --out in a directory")
+  os.makedirs(parent, exist_ok=True)
+  partial = f"{args.out}.partial-{os.getpid()}"
+  with open(partial, "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
+  os.replace(partial, args.out)
   print(f"wrote {len(lines)} conversations to {args.out}")
 
 

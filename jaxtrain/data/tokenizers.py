@@ -94,6 +94,10 @@ class Tokenizer:
     """The text of `ids`; special tokens (bos, eos, pad) are dropped."""
     raise NotImplementedError
 
+  def special_ids(self):
+    """The ids that text spelling them becomes under `encode(text, special_tokens=True)`."""
+    raise NotImplementedError
+
   def id_to_token(self, i):
     """The vocabulary entry of id `i` ('<s>', '▁def', 'Ġdef')."""
     raise NotImplementedError
@@ -138,14 +142,20 @@ class SentencePieceTokenizer(Tokenizer):
     self.adds_bos = self._config_adds_bos(True)  # As transformers' LlamaTokenizer (add_bos_token=True).
     self._special = None  # {piece: id} of the control and unknown pieces, and a regex of them: when first needed.
 
-  def encode(self, text, special_tokens=False):
-    if not special_tokens:  # SentencePiece itself never matches control pieces in text.
-      return self._sp.encode(text, add_bos=False, add_eos=False)
+  def _special_pieces(self):
     if self._special is None:
       sp = self._sp
       pieces = {sp.id_to_piece(i): i for i in range(self.vocab_size) if sp.is_control(i) or sp.is_unknown(i)}
       self._special = pieces, re.compile("|".join(map(re.escape, sorted(pieces, key=len, reverse=True))))
-    pieces, pattern = self._special
+    return self._special
+
+  def special_ids(self):
+    return set(self._special_pieces()[0].values())
+
+  def encode(self, text, special_tokens=False):
+    if not special_tokens:  # SentencePiece itself never matches control pieces in text.
+      return self._sp.encode(text, add_bos=False, add_eos=False)
+    pieces, pattern = self._special_pieces()
     # As transformers' LlamaTokenizer: split at the special pieces, encode the text between.
     ids, start = [], 0
     for match in pattern.finditer(text) if pieces else ():
@@ -229,6 +239,9 @@ class HuggingFaceTokenizer(Tokenizer):
 
   def decode(self, ids):
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+  def special_ids(self):
+    return set(self._tok.get_added_tokens_decoder())  # Added tokens: matched whole in a prompt's text.
 
   def id_to_token(self, i):
     return self._tok.id_to_token(int(i))

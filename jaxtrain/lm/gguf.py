@@ -6,8 +6,9 @@ Reading: the file's metadata becomes the Hugging Face config the family already 
 (`hf_config`), and each tensor name follows from the family's Hugging Face name through
 gguf's own name table (`gguf.get_tensor_name_map`). Tensors are dequantized with
 `gguf.quants` (F32, F16, BF16, Q4_0/1, Q5_0/1, Q8_0, the K- and I-quants: whatever that
-package reads) row by row into each device's shard: a quantized model never exists whole
-in float on the host. llama.cpp's converter reorders the rows of the Q and K projections of
+package reads) into each device's shard, reading only the rows the shard holds (a shard
+split along a Linear's input dimension needs every row, dequantized, then its columns):
+a quantized model never exists whole in float on the host. llama.cpp's converter reorders the rows of the Q and K projections of
 the 'llama' architecture for its rotary layout (`gguf_permutes_qk`); reading undoes it by
 reading rows in the inverse order, writing applies it.
 
@@ -109,8 +110,8 @@ def hf_config(f, family):
                                    - {None}) or None}
   # Always: without it Qwen3's reader would take transformers' default of 128.
   config["head_dim"] = a("attention.key_length") or (config["hidden_size"] // heads if heads else None)
-  if a("attention.sliding_window") is not None:
-    config["sliding_window"] = a("attention.sliding_window")
+  if a("attention.sliding_window") is not None:  # One window for every layer (jaxtrain's exports write it).
+    config.update(sliding_window=a("attention.sliding_window"), use_sliding_window=True, max_window_layers=0)
   scaling = a("rope.scaling.type")
   if scaling not in (None, "none"):
     config["rope_scaling"] = {"rope_type": scaling, "factor": a("rope.scaling.factor")}
@@ -256,38 +257,36 @@ def save(path, family, module, params, tokenizer, context_length, outtype="f32")
   if module.rope_scaling:
     raise UserError(f"this model scales RoPE ({module.rope_scaling.get('rope_type')}), which jaxtrain does not "
                     f"write to GGUF yet; export --format=hf and convert with llama.cpp")
-  if getattr(module, "sliding_window", None) and family.gguf_arch == "llama":
-    logging.warning("llama.cpp's 'llama' architecture (which Mistral is in GGUF) ignores the sliding window of %d "
-                    "that the file records: past that many tokens llama.cpp attends to more than this model does",
+  if getattr(module, "sliding_window", None):
+    logging.warning("llama.cpp's '%s' architecture ignores the sliding window of %d that the file records: past "
+                    "that many tokens llama.cpp attends to more than this model does", family.gguf_arch,
                     module.sliding_window)
+  vocabulary = gguf_tokenizer.fields(tokenizer, module.vocab_size)  # A tokenizer GGUF cannot hold: one line, now.
   tensors = _tensors(family, module, params, outtype)
   if jax.process_index() != 0:
     return
   parent, name = os.path.split(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=f".{name}.partial-", dir=parent)
+  try:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.partial-", dir=parent)
+  except OSError as e:
+    raise UserError(f"cannot write {path}: {e.strerror}; export to a writable place") from None
   os.close(fd)
   try:
     writer = gguf.GGUFWriter(tmp, family.gguf_arch)
     _write_metadata(writer, family, module, context_length, outtype)
-    gguf_tokenizer.write(writer, tokenizer, module.vocab_size)
+    gguf_tokenizer.write(writer, vocabulary)
     for tensor_name, (data, qtype) in tensors.items():
       writer.add_tensor(tensor_name, data, raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    os.chmod(tmp, 0o666 & ~_umask())
+    os.chmod(tmp, 0o666 & ~hf.umask())
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
-
-
-def _umask():
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
 
 
 def _tensors(family, module, params, outtype):

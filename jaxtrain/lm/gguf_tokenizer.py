@@ -22,6 +22,7 @@ llama.cpp tokenizes alike, and is refused.
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 
 from jaxtrain.data import tokenizers
@@ -36,7 +37,9 @@ _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 SPLITS = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "smaug-bpe": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT,
           "deepseek-r1-qwen": _QWEN2_SPLIT}
-PRE_NAMES = ("smollm", "gpt-2") + tuple(SPLITS)
+PRE_NAMES = ("smollm", "gpt-2", "gpt2", "default") + tuple(SPLITS)
+LLAMA3_NAMES = ("llama-bpe", "llama3", "smaug-bpe")
+CONVERSION = 2  # The conversion's version, in the cache key.
 
 
 def cache_root():
@@ -55,16 +58,33 @@ def load(f):
   meta["chat_template"] = f.value("tokenizer.chat_template")
   if not meta["tokens"]:
     raise UserError(f"{f.path} holds no tokenizer.ggml.tokens: it has no vocabulary to read")
-  key = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:20]
+  # The conversion's version is in the key: a fixed conversion makes new directories.
+  key = hashlib.sha256(json.dumps([CONVERSION, meta], sort_keys=True, default=str).encode()).hexdigest()[:20]
   directory = os.path.join(cache_root(), key)
   if not os.path.isdir(directory):
-    _convert(f.path, meta, directory)
+    try:
+      _convert(f.path, meta, directory)
+    except OSError as e:
+      raise UserError(f"cannot write {f.path}'s tokenizer in {cache_root()}: {e.strerror}; set $JAXTRAIN_CACHE to a "
+                      f"writable directory") from None
   return tokenizers.load(directory)
 
 
 def _convert(path, meta, directory):
   os.makedirs(os.path.dirname(directory), exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".partial-", dir=os.path.dirname(directory))
+  try:
+    _write_directory(path, meta, tmp)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  try:
+    os.replace(tmp, directory)
+  except OSError:  # Another process converted the same vocabulary first: theirs is the same.
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_directory(path, meta, tmp):
   tokens, types = meta["tokens"], meta["token_type"] or [NORMAL] * len(meta["tokens"])
   size = len(tokens)
   while size and types[size - 1] == UNUSED and tokens[size - 1] == f"[PAD{size - 1}]":
@@ -74,7 +94,8 @@ def _convert(path, meta, directory):
     meta = dict(meta, scores=meta["scores"][:size])
   if meta["model"] == "gpt2":
     _write_bpe(path, meta, tokens, types, os.path.join(tmp, "tokenizer.json"))
-    add_bos = bool(meta["add_bos_token"])  # llama.cpp's default for BPE vocabularies: no BOS.
+    # Unrecorded, llama.cpp adds BOS for Llama 3's pre-tokenizers and for no other BPE vocabulary.
+    add_bos = meta["add_bos_token"] if meta["add_bos_token"] is not None else meta["pre"] in LLAMA3_NAMES
   else:
     _write_sentencepiece(meta, tokens, types, os.path.join(tmp, "tokenizer.model"))
     add_bos = meta["add_bos_token"] is not False  # llama.cpp's default for SentencePiece: BOS.
@@ -86,11 +107,6 @@ def _convert(path, meta, directory):
     config["chat_template"] = meta["chat_template"]
   with open(os.path.join(tmp, "tokenizer_config.json"), "w", encoding="utf-8") as out:
     json.dump(config, out, indent=2, sort_keys=True)
-  try:
-    os.replace(tmp, directory)
-  except OSError:  # Another process converted the same vocabulary first: theirs is the same.
-    import shutil  # pylint: disable=import-outside-toplevel
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_bpe(path, meta, tokens, types, out):
@@ -108,13 +124,16 @@ def _write_bpe(path, meta, tokens, types, out):
     raise UserError(f"{path} splits text as llama.cpp's '{pre}' pre-tokenizer, which jaxtrain does not know "
                     f"(it knows {', '.join(PRE_NAMES)}); load the Hugging Face directory instead")
   merges = [tuple(m.split(" ", 1)) for m in meta["merges"] or []]
-  tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, ignore_merges=False))
+  # Llama 3 takes a whole word that is a token as that token before merging (its tokenizer.json
+  # and llama.cpp's 'llama-bpe' alike): ignore_merges.
+  tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
+                             ignore_merges=pre in LLAMA3_NAMES))
   tok.pre_tokenizer = pre_tokenizer
   tok.decoder = decoders.ByteLevel()
   tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == CONTROL])
   tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == USER_DEFINED])
   bos = meta["bos_token_id"]
-  if meta["add_bos_token"] and isinstance(bos, int):  # In the file itself: any reader of it adds BOS.
+  if (meta["add_bos_token"] or (meta["add_bos_token"] is None and pre in LLAMA3_NAMES)) and isinstance(bos, int):  # In the file itself: any reader of it adds BOS.
     tok.post_processor = processors.TemplateProcessing(single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A $B",
                                                        special_tokens=[(tokens[bos], bos)])
   tok.save(out)
@@ -136,7 +155,8 @@ def _write_sentencepiece(meta, tokens, types, out):
   for field, key in (("bos_id", "bos_token_id"), ("eos_id", "eos_token_id"), ("pad_id", "padding_token_id"),
                      ("unk_id", "unknown_token_id")):
     value = meta[key]
-    setattr(spec, field, value if isinstance(value, int) and types[value] in (CONTROL, UNKNOWN) else -1)
+    usable = isinstance(value, int) and value < len(types) and types[value] in (CONTROL, UNKNOWN)
+    setattr(spec, field, value if usable else -1)
   if spec.unk_id < 0:
     spec.unk_id = next((i for i, k in enumerate(types) if k == UNKNOWN), 0)
   norm = model.normalizer_spec
@@ -151,23 +171,29 @@ def _write_sentencepiece(meta, tokens, types, out):
 # ---------------------------------------------------------------------------------------
 
 
-def write(writer, tokenizer, vocab_size):
-  """Adds `tokenizer`'s vocabulary, special tokens and chat template to a gguf.GGUFWriter,
-  listing `vocab_size` tokens (the embedding's rows: llama.cpp refuses a file whose token
-  list is shorter; the rows past the tokenizer's ids are '[PADn]' tokens of type UNUSED,
-  as llama.cpp's converter writes them)."""
+def fields(tokenizer, vocab_size):
+  """The GGUF metadata of `tokenizer` ([(GGUFWriter method, value)]), listing `vocab_size`
+  tokens (the embedding's rows: llama.cpp refuses a file whose token list is shorter; the
+  rows past the tokenizer's ids are '[PADn]' tokens of type UNUSED, as llama.cpp's converter
+  writes them). One line for a tokenizer that has no GGUF form: called before any work."""
+  out = []
   if tokenizer.kind == "sentencepiece":
-    _add_sentencepiece(writer, tokenizer, vocab_size)
+    _add_sentencepiece(out, tokenizer, vocab_size)
   else:
-    _add_bpe(writer, tokenizer, vocab_size)
-  for role, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
-                    ("pad", writer.add_pad_token_id)):
+    _add_bpe(out, tokenizer, vocab_size)
+  for role, method in (("bos", "add_bos_token_id"), ("eos", "add_eos_token_id"), ("pad", "add_pad_token_id")):
     if getattr(tokenizer, f"{role}_id") is not None:
-      add(getattr(tokenizer, f"{role}_id"))
-  writer.add_add_bos_token(bool(tokenizer.adds_bos))
-  writer.add_add_eos_token(False)
+      out.append((method, getattr(tokenizer, f"{role}_id")))
+  out += [("add_add_bos_token", bool(tokenizer.adds_bos)), ("add_add_eos_token", False)]
   if tokenizer.chat_template:
-    writer.add_chat_template(tokenizer.chat_template)
+    out.append(("add_chat_template", tokenizer.chat_template))
+  return out
+
+
+def write(writer, vocabulary):
+  """Adds `fields`' metadata to a gguf.GGUFWriter."""
+  for method, value in vocabulary:
+    getattr(writer, method)(value)
 
 
 def _padded(tokens, types, vocab_size, scores=None):
@@ -178,7 +204,7 @@ def _padded(tokens, types, vocab_size, scores=None):
   return (tokens, types) if scores is None else (tokens, types, scores + [-1000.0] * len(extra))
 
 
-def _add_bpe(writer, tokenizer, vocab_size):
+def _add_bpe(out, tokenizer, vocab_size):
   with open(tokenizer.path, encoding="utf-8") as f:
     spec = json.load(f)
   model = spec.get("model") or {}
@@ -194,11 +220,11 @@ def _add_bpe(writer, tokenizer, vocab_size):
     types[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
   merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
   tokens, types = _padded(tokens, types, vocab_size)
-  writer.add_tokenizer_model("gpt2")
-  writer.add_tokenizer_pre(_pre_name(spec.get("pre_tokenizer"), tokenizer.path))
-  writer.add_token_list(tokens)
-  writer.add_token_types(types)
-  writer.add_token_merges(merges)
+  out.append(("add_tokenizer_model", "gpt2"))
+  out.append(("add_tokenizer_pre", _pre_name(spec.get("pre_tokenizer"), tokenizer.path)))
+  out.append(("add_token_list", tokens))
+  out.append(("add_token_types", types))
+  out.append(("add_token_merges", merges))
 
 
 def _is_byte_level(part):
@@ -226,7 +252,7 @@ def _pre_name(pre, path):
                   f"it has no GGUF form")
 
 
-def _add_sentencepiece(writer, tokenizer, vocab_size):
+def _add_sentencepiece(out, tokenizer, vocab_size):
   from sentencepiece import sentencepiece_model_pb2 as pb  # pylint: disable=import-outside-toplevel
   model = pb.ModelProto()
   with open(tokenizer.path, "rb") as f:
@@ -240,11 +266,11 @@ def _add_sentencepiece(writer, tokenizer, vocab_size):
            pb.ModelProto.SentencePiece.UNUSED: UNUSED, pb.ModelProto.SentencePiece.BYTE: BYTE}
   tokens, types, scores = _padded([p.piece for p in model.pieces], [kinds[p.type] for p in model.pieces], vocab_size,
                                   [p.score for p in model.pieces])
-  writer.add_tokenizer_model("llama")
-  writer.add_tokenizer_pre("default")
-  writer.add_token_list(tokens)
-  writer.add_token_scores(scores)
-  writer.add_token_types(types)
-  writer.add_add_space_prefix(model.normalizer_spec.add_dummy_prefix)
+  out.append(("add_tokenizer_model", "llama"))
+  out.append(("add_tokenizer_pre", "default"))
+  out.append(("add_token_list", tokens))
+  out.append(("add_token_scores", scores))
+  out.append(("add_token_types", types))
+  out.append(("add_add_space_prefix", model.normalizer_spec.add_dummy_prefix))
   if model.trainer_spec.unk_id >= 0:
-    writer.add_unk_token_id(model.trainer_spec.unk_id)
+    out.append(("add_unk_token_id", model.trainer_spec.unk_id))

@@ -173,7 +173,7 @@ def write_directory(directory, write):
     raise UserError(f"cannot write {directory}: {e.strerror}; export to a writable place") from None
   try:
     write(tmp)
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the export is an ordinary directory.
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; the export is an ordinary directory.
     if os.path.isdir(directory):
       os.rmdir(directory)  # Empty: checked before.
     os.replace(tmp, directory)
@@ -182,7 +182,7 @@ def write_directory(directory, write):
     raise
 
 
-def _umask():
+def umask():
   mask = os.umask(0)
   os.umask(mask)
   return mask

@@ -123,6 +123,9 @@ class LM:
     its generation prompt (data/chat.py), continued by `generate` (its keyword arguments),
     with no BOS of the tokenizer's own: a template that wants one writes it, as
     transformers' apply_chat_template(tokenize=True) does."""
+    if self.tokenizer.chat_template is None:
+      raise UserError(f"{self.source} has no chat template (its tokenizer has none); give plain text to generate(), "
+                      f"or a model tuned for chat")
     several = isinstance(messages, (list, tuple)) and bool(messages) and all(
         isinstance(m, (list, tuple)) for m in messages)
     conversations = list(messages) if several else [messages]

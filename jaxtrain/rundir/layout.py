@@ -114,6 +114,9 @@ def keep_tokenizer(workdir, tokenizer):
     names[template] = CHAT_TEMPLATE
   for source, name in names.items():
     storage.copy_in(source, os.path.join(workdir, name))
+  if tokenizer.chat_template and TOKENIZER_CONFIG not in names.values() and CHAT_TEMPLATE not in names.values():
+    # A SentencePiece model's template (tokenizer_config.json is not kept with it): a file of its own.
+    storage.write_text(os.path.join(workdir, CHAT_TEMPLATE), tokenizer.chat_template)
 
 
 def _why(error):

@@ -300,9 +300,8 @@ def test_a_template_that_writes_bos_and_eos_gets_no_second_ones(tmp_path):
     stream, _ = packing.tokenize(tok, [document, document])
     tokens, flags = stream["tokens"].tolist(), stream["flags"].tolist()
     half = len(tokens) // 2
-    # Segments are encoded apart, as a prompt ending in the generation prompt is: this
-    # tokenizer's GPT-2 regex makes Llama 3's '\n\n' one token there, two before 'Hello'.
-    assert tokens[:half] == tokens[half:] == [i for text, _ in document for i in tok.encode(text, special_tokens=True)]
+    # The rendering is encoded whole, as apply_chat_template(tokenize=True) encodes it.
+    assert tokens[:half] == tokens[half:] == tok.encode("".join(t for t, _ in document), special_tokens=True)
     assert tokens.count(tok.bos_id) == 2 and tokens[0] == tokens[half] == tok.bos_id  # One bos per document.
     assert tokens[half - 1] == tok.eos_id != tokens[half - 2]  # The template's own eos ends it.
     assert flags[0] & packing.START and flags[half] & packing.START and flags[half - 1] & packing.WEIGHTED
@@ -310,6 +309,35 @@ def test_a_template_that_writes_bos_and_eos_gets_no_second_ones(tmp_path):
   other = tokenizers.load(chat_tokenizer(tmp_path / "other", CHATML, CHATML_TOKENS, "<|endoftext|>", "<|im_end|>"))
   stream, _ = packing.tokenize(other, [documents.Rendered(chat.assistant_segments(other, messages), "")])
   assert stream["tokens"][:2].tolist() == [other.bos_id, other.encode("<|im_start|>", special_tokens=True)[0]]
+
+
+def test_a_sentencepiece_conversation_is_encoded_whole_and_weighted_on_the_replies(tmp_path):
+  """Encoding each reply alone would start it with a '▁' piece ('▁hello'), where the whole
+  rendering, which the model reads when prompted, has 'hello' after '[/INST]'."""
+  directory = tmp_path / "spm"
+  directory.mkdir()
+  texts = [f"[INST] hi there number {i} [/INST]hello world, and more words {i}" for i in range(200)]
+  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+  # As Llama 2's and Mistral's tokenizer.model: BPE, a dummy prefix ('▁' before a text), unk/bos/eos 0/1/2.
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=str(directory / "tokenizer"),
+                                 vocab_size=300, model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2,
+                                 pad_id=-1, minloglevel=2, num_threads=1)
+  with open(directory / "tokenizer_config.json", "w", encoding="utf-8") as f:
+    json.dump({"chat_template": TEMPLATES["mistral"]["template"]}, f)
+  tok = tokenizers.load(str(directory))
+  messages = [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello world"},
+              {"role": "user", "content": "and more"}, {"role": "assistant", "content": "words"}]
+  document = documents.Rendered(chat.assistant_segments(tok, messages), "")
+  whole = tok.encode("".join(t for t, _ in document), special_tokens=True)
+  apart = [i for t, _ in document for i in tok.encode(t, special_tokens=True)]
+  assert whole != apart  # The case this test is for.
+  stream, _ = packing.tokenize(tok, [document])
+  tokens, flags = stream["tokens"].tolist(), stream["flags"].tolist()
+  assert tokens[1:1 + len(whole)] == whole or tokens[:len(whole)] == whole
+  weighted = [t for t, f in zip(tokens, flags) if f & packing.WEIGHTED]
+  assert tok.decode(weighted) == "hello worldwords"  # The replies (their '</s>' is a control token).
+  replies = sum(len(t.encode()) for t, w in document if w)
+  assert stream["bytes"].sum() == replies
 
 
 def test_prompt_completion_renders_through_the_template_unless_none(chatml_dir, tmp_path):

@@ -167,7 +167,7 @@ def write_gguf(path, directory, qtype=lambda name: Q.F32, arch="llama", drop=(),
   return path
 
 
-def write_vocabulary(writer, directory, vocab_size, model="gpt2", pre="smollm", add_bos=False):
+def write_vocabulary(writer, directory, vocab_size, model="gpt2", pre="smollm", add_bos=False, filler="[PAD{}]"):
   """convert_hf_to_gguf.py's _set_vocab_gpt2 for the directory's tokenizer.json: every id up
   to the embedding's rows ([PADn], unused, where the tokenizer has none), added special
   tokens as control tokens, the merges; bos/eos/pad, add_bos_token, the chat template. The
@@ -180,8 +180,9 @@ def write_vocabulary(writer, directory, vocab_size, model="gpt2", pre="smollm", 
   ids = {token: i for i, token in by_id.items()}
   writer.add_string("tokenizer.ggml.model", model)
   writer.add_string("tokenizer.ggml.pre", pre)
-  writer.add_array("tokenizer.ggml.tokens", [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)])
-  writer.add_array("tokenizer.ggml.token_type", [CONTROL if i in special else NORMAL if i in by_id else UNUSED
+  padding = UNUSED if filler == "[PAD{}]" else NORMAL  # Another filler: ids of real (if odd) tokens.
+  writer.add_array("tokenizer.ggml.tokens", [by_id.get(i, filler.format(i)) for i in range(vocab_size)])
+  writer.add_array("tokenizer.ggml.token_type", [CONTROL if i in special else NORMAL if i in by_id else padding
                                                   for i in range(vocab_size)])
   writer.add_array("tokenizer.ggml.merges", [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
   for role in ("bos", "eos", "pad"):
