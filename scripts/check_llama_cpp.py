@@ -46,8 +46,10 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))  # Imported by the tests too, from elsewhere.
 
 import hf_dirs  # pylint: disable=wrong-import-position
+import check_hf_parity  # pylint: disable=wrong-import-position  (beside this script: its Report)
 
 REFERENCE = os.path.join(ROOT, "tests", "data", "llama_cpp_reference.json")
 PROMPTS = ["def add(a, b):\n    return",
@@ -200,14 +202,7 @@ class LlamaCpp:
     self.llm.close()
 
 
-class Report:
-  def __init__(self):
-    self.failed = 0
-
-  def check(self, what, ok, detail):
-    print(f"{'ok  ' if ok else 'FAIL'} {what}: {detail}")
-    self.failed += not ok
-
+class Report(check_hf_parity.Report):
   def info(self, what, detail):
     print(f"info {what}: {detail}")
 
