@@ -72,7 +72,7 @@ def read_config(path):
   a GGUF file."""
   f = File(path)
   family = families.for_gguf_arch(f.arch, path)
-  config = hf_config(f, family)
+  config = family.gguf_config(hf_config(f, family), f)
   if family.model_type == "llama" and config.get("sliding_window"):
     # llama.cpp writes Mistral as 'llama'; a window in the file (jaxtrain's exports write it) is Mistral's.
     family = families.for_hf_config({"model_type": "mistral"}, path)
@@ -178,31 +178,35 @@ class _Tensors:
                           f"{list(want)}")
         heads = _qk_heads(hf_name, num_heads, num_kv_heads) if family.gguf_permutes_qk else None
         order = None if heads is None else np.argsort(rotary_permutation(want[0], heads))
-        entries.append((name, transposed, order))
+        entries.append((name, transposed, order, family.gguf_offset(hf_name)))
       self.where[path] = entries
-    used = {name for entries in self.where.values() for name, _, _ in entries}
+    used = {entry[0] for entries in self.where.values() for entry in entries}
     self.unused = sorted(set(f.tensors) - used)
 
   def read(self, path, index, dtype):
     entries = self.where[path]
     if not self.family.is_stacked(path):
-      return _read(self.f.tensors[entries[0][0]], entries[0][1], entries[0][2], index, dtype)
-    return np.stack([_read(self.f.tensors[name], transposed, order, index[1:], dtype)
-                     for name, transposed, order in entries[index[0]]])
+      name, transposed, order, offset = entries[0]
+      return _read(self.f.tensors[name], transposed, order, offset, index, dtype)
+    return np.stack([_read(self.f.tensors[name], transposed, order, offset, index[1:], dtype)
+                     for name, transposed, order, offset in entries[index[0]]])
 
 
-def _read(tensor, transposed, order, index, dtype):
-  """The slice `index` (of our layout) of a GGUF tensor, dequantized: only its rows."""
+def _read(tensor, transposed, order, offset, index, dtype):
+  """The slice `index` (of our layout) of a GGUF tensor, dequantized: only its rows; less
+  `offset`, what llama.cpp added (family.gguf_offset), in float32."""
   from gguf import quants  # pylint: disable=import-outside-toplevel
   data = tensor.data
   if len(tensor.shape) == 1:
-    return np.asarray(quants.dequantize(np.asarray(data), tensor.tensor_type), dtype)[index]
+    values = quants.dequantize(np.asarray(data), tensor.tensor_type)[index]
+    return np.asarray(np.asarray(values, np.float32) - offset if offset else values, dtype)
   rows_at, cols_at = (index[1], index[0]) if transposed else (index[0], index[1])
   rows = np.arange(data.shape[0])[rows_at]  # Rows of the Hugging Face layout ...
   if order is not None:
     rows = order[rows]                      # ... where llama.cpp put them.
   block = quants.dequantize(np.asarray(data[rows]), tensor.tensor_type)[:, cols_at]
-  return np.asarray(block.T if transposed else block, dtype)
+  block = block.T if transposed else block
+  return np.asarray(np.asarray(block, np.float32) - offset if offset else block, dtype)
 
 
 def load_params(f, family, abstract_params, module, allow_unused=False):
@@ -257,7 +261,7 @@ def save(path, family, module, params, tokenizer, context_length, outtype="f32")
   if module.rope_scaling:
     raise UserError(f"this model scales RoPE ({module.rope_scaling.get('rope_type')}), which jaxtrain does not "
                     f"write to GGUF yet; export --format=hf and convert with llama.cpp")
-  if getattr(module, "sliding_window", None):
+  if getattr(module, "sliding_window", None) and not family.gguf_keeps_window:
     logging.warning("llama.cpp's '%s' architecture ignores the sliding window of %d that the file records: past "
                     "that many tokens llama.cpp attends to more than this model does", family.gguf_arch,
                     module.sliding_window)
@@ -299,7 +303,7 @@ def _tensors(family, module, params, outtype):
     array = np.asarray(hf.gathered(array), np.float32)
     for i, part in enumerate(array) if family.is_stacked(path) else [(None, array)]:
       hf_name, transposed = family.hf_name(path, i)
-      data = part.T if transposed else part
+      data = (part.T if transposed else part) + np.float32(family.gguf_offset(hf_name))
       heads = _qk_heads(hf_name, module.num_heads, module.kv_heads) if family.gguf_permutes_qk else None
       if heads is not None:
         data = data[rotary_permutation(data.shape[0], heads)]
@@ -327,6 +331,7 @@ def _write_metadata(writer, family, module, context_length, outtype):
   writer.add_vocab_size(module.vocab_size)
   if getattr(module, "sliding_window", None):
     writer.add_sliding_window(module.sliding_window)
+  family.gguf_metadata(writer, module)
   types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
            "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
   writer.add_file_type(types[outtype])

@@ -39,7 +39,7 @@ SPLITS = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "smaug-bpe": _LLA
           "deepseek-r1-qwen": _QWEN2_SPLIT}
 PRE_NAMES = ("smollm", "gpt-2", "gpt2", "default") + tuple(SPLITS)
 LLAMA3_NAMES = ("llama-bpe", "llama3", "smaug-bpe")
-CONVERSION = 2  # The conversion's version, in the cache key.
+CONVERSION = 3  # The conversion's version, in the cache key.
 
 
 def cache_root():
@@ -56,6 +56,7 @@ def load(f):
           "padding_token_id", "unknown_token_id", "add_bos_token", "add_space_prefix")
   meta = {key: f.value(f"tokenizer.ggml.{key}") for key in keys}
   meta["chat_template"] = f.value("tokenizer.chat_template")
+  meta["arch"] = f.arch
   if not meta["tokens"]:
     raise UserError(f"{f.path} holds no tokenizer.ggml.tokens: it has no vocabulary to read")
   # The conversion's version is in the key: a fixed conversion makes new directories.
@@ -146,7 +147,12 @@ def _write_sentencepiece(meta, tokens, types, out):
   kinds = {NORMAL: pb.ModelProto.SentencePiece.NORMAL, UNKNOWN: pb.ModelProto.SentencePiece.UNKNOWN,
            CONTROL: pb.ModelProto.SentencePiece.CONTROL, USER_DEFINED: pb.ModelProto.SentencePiece.USER_DEFINED,
            UNUSED: pb.ModelProto.SentencePiece.UNUSED, BYTE: pb.ModelProto.SentencePiece.BYTE}
+  unk = meta["unknown_token_id"]
+  types = [UNKNOWN if i == unk and k == CONTROL else k for i, k in enumerate(types)]  # Gemma's <unk> is CONTROL.
+  gemma = str(meta.get("arch")).startswith("gemma")
   for token, score, kind in zip(tokens, scores, types):
+    if gemma and kind == USER_DEFINED and token and not token.strip(" "):
+      token = "\u2581" * len(token)  # llama.cpp's Gemma converter stored these runs of '▁' as spaces.
     model.pieces.add(piece=token, score=score, type=kinds.get(kind, pb.ModelProto.SentencePiece.NORMAL))
   spec = model.trainer_spec
   spec.model_type = pb.TrainerSpec.BPE
@@ -157,6 +163,8 @@ def _write_sentencepiece(meta, tokens, types, out):
     value = meta[key]
     usable = isinstance(value, int) and value < len(types) and types[value] in (CONTROL, UNKNOWN)
     setattr(spec, field, value if usable else -1)
+    if usable:  # SentencePiece finds a role's id by its piece, '<s>' unless told: Gemma's is '<bos>'.
+      setattr(spec, field.replace("_id", "_piece"), tokens[value])
   if spec.unk_id < 0:
     spec.unk_id = next((i for i, k in enumerate(types) if k == UNKNOWN), 0)
   norm = model.normalizer_spec

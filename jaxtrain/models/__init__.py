@@ -16,7 +16,7 @@ from jaxtrain.registry import Registry
 MODELS = Registry("model")
 
 # Importing the modules registers their models.
-from jaxtrain.models import cnn, llama, mlp  # pylint: disable=wrong-import-position,unused-import
+from jaxtrain.models import cnn, gemma3, llama, mlp  # pylint: disable=wrong-import-position,unused-import
 
 
 def build(model_config):

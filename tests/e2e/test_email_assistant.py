@@ -189,7 +189,7 @@ def test_a_hugging_face_source_gives_its_config_and_tokenizer(tfds_dir, tmp_path
 
 def test_init_from_model_needs_a_source(tfds_dir, tmp_path):
   mbox = write_mbox(tmp_path / "mail.mbox", thread_messages())
-  with pytest.raises(UserError, match=r"config key 'init_from' needs one of workdir= \(a jaxtrain run\) or hf_dir="):
+  with pytest.raises(UserError, match=r"config key 'init_from' needs one of workdir= \(a jaxtrain run\), hf_dir="):
     init_from.resolve_model(assistant_config(mbox))
   with pytest.raises(UserError, match=r"init_from.workdir=.*nowhere has no config.json; give the work directory"):
     init_from.resolve_model(assistant_config(mbox, workdir=str(tmp_path / "nowhere")))

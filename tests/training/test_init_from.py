@@ -127,8 +127,9 @@ def test_init_from_mistakes_are_one_line(source, tmp_path):
   fails(r"init_from.workdir=.*nowhere holds no checkpoints/", workdir=str(tmp_path / "nowhere"))
   fails(r"init_from.step: .* has no checkpoint at step 15; it has 10, 20, 30", workdir=source, step=15)
   fails(r"init_from.ignore\[0\] pattern 'params/haed' matches no array", workdir=source, ignore=("params/haed",))
-  fails(r"config key 'init_from' needs one of workdir= \(a jaxtrain run\) or hf_dir=", step=3)
-  fails(r"needs one of workdir= .*, not both", workdir=source, hf_dir=str(tmp_path))
+  fails(r"config key 'init_from' needs one of workdir= \(a jaxtrain run\), hf_dir= .* or gguf= \(a GGUF file\)$",
+        step=3)
+  fails(r"needs one of workdir= .*, not several", workdir=source, hf_dir=str(tmp_path))
   fails(r"init_from.hf_dir=.*nowhere is not a directory", hf_dir=str(tmp_path / "nowhere"))
   mlp_dir = str(tmp_path / "mlp")
   train.run(tiny_config(total_steps=10), mlp_dir)

@@ -27,6 +27,7 @@ class Family:
   # so for the 'llama' architecture only). A family with no gguf_arch has no GGUF form.
   gguf_arch = None
   gguf_permutes_qk = False
+  gguf_keeps_window = False  # Whether llama.cpp's architecture honours the sliding window the file records.
 
   def module(self, **kwargs):
     """The Flax module for the keyword arguments `from_hf_config` returns."""
@@ -45,6 +46,20 @@ class Family:
     """(the HF state-dict name of param path `path`, whether it is transposed there);
     `layer` picks the layer of a stacked (scanned) param."""
     raise NotImplementedError
+
+  def gguf_offset(self, hf_name):
+    """What llama.cpp adds to the HF weight `hf_name` in a GGUF (Gemma's norms: 1)."""
+    del hf_name
+    return 0.0
+
+  def gguf_config(self, config, f):
+    """The HF config dict `lm.gguf.hf_config` made of gguf.File `f`, with what the
+    architecture's metadata leaves out (llama.cpp's hard-coded values) filled in."""
+    del f
+    return config
+
+  def gguf_metadata(self, writer, module):
+    """Metadata beyond `lm.gguf`'s common keys, added to a gguf.GGUFWriter."""
 
   def is_stacked(self, path):
     return bool(self.stacked_prefix) and path.startswith(self.stacked_prefix)
@@ -93,3 +108,4 @@ from jaxtrain.lm.families import llama  # pylint: disable=wrong-import-position,
 from jaxtrain.lm.families import qwen2  # pylint: disable=wrong-import-position,unused-import  # noqa: E402,F401
 from jaxtrain.lm.families import qwen3  # pylint: disable=wrong-import-position,unused-import  # noqa: E402,F401
 from jaxtrain.lm.families import mistral  # pylint: disable=wrong-import-position,unused-import  # noqa: E402,F401
+from jaxtrain.lm.families import gemma3  # pylint: disable=wrong-import-position,unused-import  # noqa: E402,F401
