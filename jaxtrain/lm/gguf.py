@@ -10,7 +10,9 @@ package reads) into each device's shard, reading only the rows the shard holds (
 split along a Linear's input dimension needs every row, dequantized, then its columns):
 a quantized model never exists whole in float on the host. llama.cpp's converter reorders the rows of the Q and K projections of
 the 'llama' architecture for its rotary layout (`gguf_permutes_qk`); reading undoes it by
-reading rows in the inverse order, writing applies it.
+reading rows in the inverse order, writing applies it. A family's hooks cover the rest of
+an architecture's quirks: `gguf_offset` (Gemma's norms are stored as 1 + w: subtracted on
+reading, added on writing), `gguf_config` (metadata llama.cpp leaves out) and `gguf_metadata`.
 
 Writing (`save`): the model in f32, f16, bf16 or q8_0 (norms and other 1-D tensors stay
 f32, as llama.cpp's converter keeps them), its tokenizer and chat template

@@ -539,7 +539,7 @@ def test_load_mistakes_are_one_line(hf_dir, converted, tmp_path):
   gpt2.write_tensors_to_file()
   gpt2.close()
   assert one_line(tmp_path / "gpt2.gguf").startswith(f"{tmp_path / 'gpt2.gguf'} holds a 'gpt2' model, not an "
-                                                     f"architecture jaxtrain reads from GGUF (llama")
+                                                     f"architecture jaxtrain reads from GGUF (gemma3, llama")
 
   path = write_gguf(str(tmp_path / "no_up.gguf"), hf_dir, drop={"blk.1.ffn_up.weight"})
   assert one_line(path) == f"{path} lacks the tensor blk.1.ffn_up.weight that its metadata implies"
