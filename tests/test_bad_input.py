@@ -54,7 +54,7 @@ CASES = [
     ("unknown split", lambda c: c.evals.val.data.update(split="validation"),
      r"dataset 'digits' in .* has no split 'validation'; its splits are train, test"),
     ("unknown model", lambda c: c.model.update(name="resnet"),
-     r"unknown model 'resnet'; known: cnn, llama, mistral, mlp, qwen2, qwen3"),
+     r"unknown model 'resnet'; known: cnn, gemma3, llama, mistral, mlp, qwen2, qwen3"),
     ("unknown optimizer", lambda c: c.optimizer.update(name="adamm"),
      r"unknown optimizer 'adamm' \(did you mean 'adam'\?\)"),
     ("unknown schedule", lambda c: c.schedule.update(name="cosin"),

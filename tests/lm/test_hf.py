@@ -173,7 +173,8 @@ def test_a_path_that_is_not_a_model_is_named(tmp_path):
 def test_a_config_json_of_another_architecture_is_refused(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
   with pytest.raises(UserError, match=r"describes GPT2LMHeadModel, not an architecture jaxtrain reads \(LlamaForCausalLM, Qwen2ForCausalLM, "
-                     r"Qwen3ForCausalLM, MistralForCausalLM\)"):
+                     r"Qwen3ForCausalLM, MistralForCausalLM, "
+                     r"Gemma3ForCausalLM\)"):
     lm_lib.load(str(tmp_path))
 
 
