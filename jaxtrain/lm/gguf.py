@@ -8,9 +8,10 @@ gguf's own name table (`gguf.get_tensor_name_map`). Tensors are dequantized with
 `gguf.quants` (F32, F16, BF16, Q4_0/1, Q5_0/1, Q8_0, the K- and I-quants: whatever that
 package reads) into each device's shard, reading only the rows the shard holds (a shard
 split along a Linear's input dimension needs every row, dequantized, then its columns):
-a quantized model never exists whole in float on the host. llama.cpp's converter reorders the rows of the Q and K projections of
-the 'llama' architecture for its rotary layout (`gguf_permutes_qk`); reading undoes it by
-reading rows in the inverse order, writing applies it. A family's hooks cover the rest of
+a quantized model never exists whole in float on the host. llama.cpp's converter reorders
+the rows of the Q and K projections of the 'llama' architecture for its rotary layout
+(`gguf_permutes_qk`); reading undoes it by reading rows in the inverse order, writing
+applies it. A family's hooks cover the rest of
 an architecture's quirks: `gguf_offset` (Gemma's norms are stored as 1 + w: subtracted on
 reading, added on writing), `gguf_config` (metadata llama.cpp leaves out) and `gguf_metadata`.
 
