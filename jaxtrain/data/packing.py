@@ -69,8 +69,8 @@ def tokenize(tokenizer, documents):
   def flush(batch):
     special = [bool(getattr(document, "special_tokens", False)) for document in batch]
     plain = iter(tokenizer.encode_with_bytes([t for d, s in zip(batch, special) if not s for t, _ in d]))
-    whole = iter(encode_special(["".join(t for t, _ in d) for d, s in zip(batch, special) if s], tokenizer,
-                                exact_only=True))
+    rendered_texts = ["".join(t for t, _ in d) for d, s in zip(batch, special) if s]
+    whole = iter(encode_special(rendered_texts, tokenizer, exact_only=True) if rendered_texts else ())
     for document, rendered in zip(batch, special):
       lost = 0  # Bytes of weighted text that gave no token (a normalising tokenizer): to eos.
       if rendered:
