@@ -20,11 +20,14 @@ from sentencepiece import sentencepiece_model_pb2 as pb
 
 import family_dirs
 import hf_dirs
+from conftest import tiny_lm
 from jaxtrain.data import tokenizers
 from jaxtrain.errors import UserError
+from jaxtrain.lm import export as export_lib
 from jaxtrain.lm import gguf as gguf_lib
 from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.models.gemma3 import Gemma3
+from jaxtrain import train
 from test_families import DROP, with_config
 from test_gguf import CONTROL, NORMAL, UNUSED, write_vocabulary
 
@@ -235,3 +238,31 @@ def test_packed_documents_compute_as_each_alone_and_scan_layers_is_refused(lm):
   assert np.abs(np.asarray(packed)[:, 5:] - np.asarray(alone)).max() < 1e-5  # Measured 0.
   with pytest.raises(UserError, match="scan_layers"):
     Gemma3(vocab_size=300, scan_layers=True)
+
+
+def test_a_lora_fine_tune_from_the_directory_trains_and_exports(directory, corpus, tfds_dir, tmp_path):
+  """init_from.hf_dir with model=True makes a model.name='gemma3' run; LoRA trains its
+  adapters alone, and the merged model and the adapter go out under Gemma's names."""
+  del tfds_dir
+  config = tiny_lm(corpus)
+  config.total_steps, config.log_every_steps = 8, 4
+  config.evals.val.every_steps = config.checkpoint.every_steps = 8
+  config.input.data.tokenizer = None
+  config.model = dict(dtype="float32")
+  config.init_from = dict(hf_dir=directory, model=True)
+  config.lora = dict(rank=4, alpha=8.0, targets=("q_proj", "v_proj", "down_proj"))
+  config.optimizer.lr = 3e-3
+  workdir = str(tmp_path / "run")
+  train.run(config, workdir)
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    losses = [row["train/loss"] for row in map(json.loads, f) if "train/loss" in row]
+  assert len(losses) == 2 and all(np.isfinite(losses)) and losses[-1] < losses[0]
+  tuned = lm_lib.load(workdir)
+  assert tuned.family.architecture == "Gemma3ForCausalLM" and isinstance(tuned.module, Gemma3)
+  export_lib.export(workdir, "peft", str(tmp_path / "adapter"))
+  tensors = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+  assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in tensors
+  assert len(tensors) == 2 * 3 * tuned.module.num_layers
+  export_lib.export(workdir, "hf", str(tmp_path / "merged"))
+  tokens = family_dirs.TOKENS[:1]
+  np.testing.assert_allclose(lm_lib.load(str(tmp_path / "merged")).logits(tokens), tuned.logits(tokens), atol=1e-5)
