@@ -39,7 +39,7 @@ SPLITS = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "smaug-bpe": _LLA
           "deepseek-r1-qwen": _QWEN2_SPLIT}
 PRE_NAMES = ("smollm", "gpt-2", "gpt2", "default") + tuple(SPLITS)
 LLAMA3_NAMES = ("llama-bpe", "llama3", "smaug-bpe")
-CONVERSION = 3  # The conversion's version, in the cache key.
+CONVERSION = 4  # The conversion's version, in the cache key.
 
 
 def cache_root():
@@ -149,10 +149,10 @@ def _write_sentencepiece(meta, tokens, types, out):
            UNUSED: pb.ModelProto.SentencePiece.UNUSED, BYTE: pb.ModelProto.SentencePiece.BYTE}
   unk = meta["unknown_token_id"]
   types = [UNKNOWN if i == unk and k == CONTROL else k for i, k in enumerate(types)]  # Gemma's <unk> is CONTROL.
-  gemma = str(meta.get("arch")).startswith("gemma")
   for token, score, kind in zip(tokens, scores, types):
-    if gemma and kind == USER_DEFINED and token and not token.strip(" "):
-      token = "\u2581" * len(token)  # llama.cpp's Gemma converter stored these runs of '▁' as spaces.
+    if kind == USER_DEFINED and token and not token.strip(" "):
+      # llama.cpp matches user-defined tokens in the raw text, so a run of '▁' is stored as spaces (Gemma's).
+      token = "\u2581" * len(token)
     model.pieces.add(piece=token, score=score, type=kinds.get(kind, pb.ModelProto.SentencePiece.NORMAL))
   spec = model.trainer_spec
   spec.model_type = pb.TrainerSpec.BPE
@@ -272,7 +272,9 @@ def _add_sentencepiece(out, tokenizer, vocab_size):
   kinds = {pb.ModelProto.SentencePiece.NORMAL: NORMAL, pb.ModelProto.SentencePiece.UNKNOWN: UNKNOWN,
            pb.ModelProto.SentencePiece.CONTROL: CONTROL, pb.ModelProto.SentencePiece.USER_DEFINED: USER_DEFINED,
            pb.ModelProto.SentencePiece.UNUSED: UNUSED, pb.ModelProto.SentencePiece.BYTE: BYTE}
-  tokens, types, scores = _padded([p.piece for p in model.pieces], [kinds[p.type] for p in model.pieces], vocab_size,
+  pieces = [" " * len(p.piece) if p.type == pb.ModelProto.SentencePiece.USER_DEFINED and not p.piece.strip("\u2581")
+            else p.piece for p in model.pieces]  # Runs of '▁' as spaces again, as llama.cpp matches them.
+  tokens, types, scores = _padded(pieces, [kinds[p.type] for p in model.pieces], vocab_size,
                                   [p.score for p in model.pieces])
   out.append(("add_tokenizer_model", "llama"))
   out.append(("add_tokenizer_pre", "default"))
