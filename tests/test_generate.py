@@ -136,7 +136,9 @@ def test_the_command_names_each_mistake_in_one_line(run_dir, tmp_path):
   assert "does not exist or is not a directory" in one_line_error(generate("--model=/nonexistent", "--prompt=x"))
   (tmp_path / "gpt2").mkdir()
   (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
-  assert "not an architecture jaxtrain reads (LlamaForCausalLM)" in one_line_error(generate(f"--model={tmp_path / 'gpt2'}", "--prompt=x"))
+  known = "LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM, Gemma3ForCausalLM"
+  assert f"not an architecture jaxtrain reads ({known})" in one_line_error(generate(f"--model={tmp_path / 'gpt2'}",
+                                                                                     "--prompt=x"))
   long_prompt = "def f(x):\n    return x\n" * 20
   assert "leaves no room in the model's context of 32 tokens" in one_line_error(
       generate(f"--model={run_dir}", f"--prompt={long_prompt}"))
