@@ -35,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import family_dirs  # pylint: disable=wrong-import-position
+from check_hf_parity import torch_greedy, torch_logits  # pylint: disable=wrong-import-position  (beside this script)
 import jaxtrain.lm  # pylint: disable=wrong-import-position
 from jaxtrain.lm import language_model as lm_lib  # pylint: disable=wrong-import-position
 from jaxtrain.lm import peft as peft_lib  # pylint: disable=wrong-import-position
@@ -76,20 +77,6 @@ def torch_model(directory):
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
   return transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
-
-
-def torch_logits(model, tokens):
-  import torch  # pylint: disable=import-outside-toplevel
-  with torch.no_grad():
-    return model(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.float().numpy()
-
-
-def torch_greedy(model, prompt, new_tokens):
-  import torch  # pylint: disable=import-outside-toplevel
-  with torch.no_grad():
-    out = model.generate(torch.as_tensor([prompt]), max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
-                         pad_token_id=0)
-  return out[0, len(prompt):].tolist()
 
 
 class Report:
