@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxtrain.models import MODELS
-from jaxtrain.models.llama import REMAT_POLICIES, ConfigError, _check_rope_scaling, _dense, _init, apply_rope, rope_tables
+from jaxtrain.models.llama import (REMAT_POLICIES, ConfigError, _check_rope_scaling, _dense, _init, apply_rope,
+                                   output_logits, rope_tables)
 
 LAYER_TYPES = ("sliding_attention", "full_attention")
 
@@ -218,11 +219,7 @@ class Gemma3(nn.Module):
     x = RMSNorm(self.norm_eps, self.dtype, name="norm")(x)
     if only_last:
       x = x[:, -1:]
-    if self.tie_embeddings:
-      logits = jnp.einsum("btd,vd->btv", x, embed.embedding.astype(self.dtype), preferred_element_type=jnp.float32)
-    else:
-      logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, kernel_init=_init(), name="lm_head",
-                        dot_general=functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32))(x)
+    logits = output_logits(x, embed, self.vocab_size, self.tie_embeddings, self.dtype)
     out = {"pre_logits": x}
     if cache is not None:
       out["cache"] = caches

@@ -353,12 +353,7 @@ class Llama(nn.Module):
     if only_last:
       x = x[:, -1:]
 
-    # Accumulate and return the logits in float32: bfloat16 logits would round the loss.
-    if self.tie_embeddings:
-      logits = jnp.einsum("btd,vd->btv", x, embed.embedding.astype(self.dtype), preferred_element_type=jnp.float32)
-    else:
-      logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, kernel_init=_init(), name="lm_head",
-                        dot_general=functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32))(x)
+    logits = output_logits(x, embed, self.vocab_size, self.tie_embeddings, self.dtype)
     out = {"pre_logits": x}
     if cache is not None:
       out["cache"] = cache
@@ -380,6 +375,17 @@ class Llama(nn.Module):
 # name and so exports as that family again.
 for _name in ("qwen2", "qwen3", "mistral"):
   MODELS.register(_name)(Llama)
+
+
+def output_logits(x, embed, vocab_size, tied, dtype):
+  """The logits of final states `x`, from the embedding (tied) or an `lm_head` of the calling
+  module, accumulated and returned in float32: bfloat16 logits would round the loss."""
+  if tied:
+    logits = jnp.einsum("btd,vd->btv", x, embed.embedding.astype(dtype), preferred_element_type=jnp.float32)
+  else:
+    logits = nn.Dense(vocab_size, use_bias=False, dtype=dtype, kernel_init=_init(), name="lm_head",
+                      dot_general=functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32))(x)
+  return logits.astype(jnp.float32)
 
 
 def _check_rope_scaling(scaling):
