@@ -6,6 +6,9 @@
     python -m jaxtrain.generate --model=SmolLM2-135M-Instruct.Q4_1.gguf --chat \\
         --prompt='Write my manager an email about the Q3 budget.' [--system='You are terse.']
 
+    python -m jaxtrain.generate --model=runs/email --reply_to=email.eml [--reply_to=other.eml]
+    python -m jaxtrain.generate --model=runs/email --reply_to=mail.mbox --message_id='<q7@example.com>'
+
 --model is a jaxtrain work directory (newest checkpoint, or --step), a Hugging Face model
 directory or a GGUF file. --chat makes each prompt a user message of its own conversation
 (after a --system message, if given), rendered with the model's chat template; the reply
@@ -13,6 +16,9 @@ is printed after the prompt. --prompt may be given several times. --prompts_file
 line ('\\n' and '\\t' in a line stand for a newline and a tab), or, for a .jsonl file, one
 {"prompt": ...} object per line. Each completion is printed after its prompt, under a
 '--- N ---' line; --output also writes {"prompt", "completion"} rows to a JSONL file.
+--reply_to drafts a reply to an email (an .eml file, or with --message_id a message of an
+mbox; repeatable) from the prompt experiments/email_assistant.py trains on (LM.reply,
+data/mail.py): written as the person the email was sent to (its first To address).
 """
 
 import json
@@ -25,6 +31,7 @@ from absl import logging
 
 from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain import errors
+from jaxtrain.data import mail
 from jaxtrain.errors import UserError, exit_with
 from jaxtrain.lm import language_model as lm_lib
 from jaxtrain.rundir import storage
@@ -43,6 +50,10 @@ _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Computation 
 _OUTPUT = flags.DEFINE_string("output", None, "Also write {'prompt', 'completion'} rows to this JSONL file.")
 _CHAT = flags.DEFINE_boolean("chat", False, "Each prompt is a user message, answered through the chat template.")
 _SYSTEM = flags.DEFINE_string("system", None, "With --chat: a system message before each prompt.")
+_REPLY_TO = flags.DEFINE_multi_string("reply_to", [], "Draft a reply to this email: an .eml file, or an mbox with "
+                                      "--message_id; repeat the flag for several.")
+_MESSAGE_ID = flags.DEFINE_multi_string("message_id", [], "With an mbox --reply_to: the Message-ID of the email to "
+                                        "answer; repeat the flag for several.")
 
 
 def _unescape(text):
@@ -80,6 +91,18 @@ def read_prompts(path):
   return prompts
 
 
+def read_emails(paths, message_ids):
+  """The emails of --reply_to: each .eml file's message, or each --message_id's message of
+  the one mbox given."""
+  paths = [storage.absolute_path(p, "reply_to") for p in paths]
+  if message_ids and len(paths) != 1:
+    raise UserError(f"--message_id picks messages of one mbox: give exactly one --reply_to=MBOX with it, not "
+                    f"{len(paths)}")
+  if message_ids:
+    return [mail.read_email(paths[0], message_id) for message_id in message_ids]
+  return [mail.read_email(path) for path in paths]
+
+
 def check_output(path):
   """--output (absolute): a local file in an existing directory that takes new files
   (tried), checked before the model is loaded, so that no completion is lost at the end."""
@@ -106,8 +129,14 @@ def main(argv):
     model_path, prompts_file, output = (storage.absolute_path(flag.value, flag.name)
                                         for flag in (_MODEL, _PROMPTS_FILE, _OUTPUT))
     prompts = [_unescape(p) for p in _PROMPT.value] + (read_prompts(prompts_file) if prompts_file else [])
+    emails = read_emails(_REPLY_TO.value, _MESSAGE_ID.value)
+    if emails and (prompts or _CHAT.value or _SYSTEM.value is not None):
+      raise UserError("--reply_to drafts from the email assistant's own prompt; leave out --prompt, --prompts_file, "
+                      "--chat and --system")
+    if emails:
+      prompts = [mail.message_text(e) for e in emails]
     if not prompts:
-      raise UserError("give --prompt=TEXT (repeatable) or --prompts_file=FILE")
+      raise UserError("give --prompt=TEXT (repeatable), --prompts_file=FILE or --reply_to=EMAIL")
     if _TOP_P.value is not None and not 0 < _TOP_P.value <= 1:
       raise UserError(f"--top_p must be in (0, 1], got {_TOP_P.value}")
     if _SYSTEM.value is not None and not _CHAT.value:
@@ -117,7 +146,9 @@ def main(argv):
     model = lm_lib.load(model_path, _STEP.value, dtype=_DTYPE.value)
     sampling = dict(max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                     top_p=_TOP_P.value, seed=_SEED.value, stop=[_unescape(s) for s in _STOP.value])
-    if _CHAT.value:
+    if emails:
+      completions = model.reply(emails, **sampling)
+    elif _CHAT.value:
       system = [{"role": "system", "content": _unescape(_SYSTEM.value)}] if _SYSTEM.value is not None else []
       completions = model.chat([system + [{"role": "user", "content": p}] for p in prompts], **sampling)
     else:
@@ -125,7 +156,7 @@ def main(argv):
   except UserError as e:
     exit_with(e)
   for number, (prompt, completion) in enumerate(zip(prompts, completions), 1):
-    print(f"--- {number} ---\n{prompt}\n--- reply ---\n{completion}" if _CHAT.value else
+    print(f"--- {number} ---\n{prompt}\n--- reply ---\n{completion}" if _CHAT.value or emails else
           f"--- {number} ---\n{prompt}{completion}")
   if output:
     with open(output, "w", encoding="utf-8") as f:

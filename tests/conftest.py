@@ -67,7 +67,16 @@ def tiny_lm(corpus_dir):
 
 
 def load_experiment(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments", f"{name}.py"))
+  return load_module(name, os.path.join(ROOT, "experiments", f"{name}.py"))
+
+
+def load_script(name):
+  """scripts/NAME.py as a module."""
+  return load_module(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+
+
+def load_module(name, path):
+  spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module

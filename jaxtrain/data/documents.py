@@ -17,12 +17,13 @@ completion is scored. Formats:
                      body decoded for charset and transfer encoding (quoted-printable,
                      base64); in a multipart message the plain-text part, else the HTML
                      part as text; attachments are skipped.
-  mbox_replies       the same messages as threads: a reply to a message of the mailbox
-                     (In-Reply-To, else the newest References entry found) is a prompt/
-                     completion pair, the prompt being the message it answers followed by
-                     the reply's headers, the completion the reply's own text (quoted
-                     lines and the "On ... wrote:" line above them removed); any other
-                     message is plain text, as with 'mbox'.
+  mbox_replies       the same messages as threads (jaxtrain.data.mail): a reply to a
+                     message of the mailbox is a prompt/completion pair, the prompt being
+                     the message it answers, the completion the reply's own words (quoted
+                     text removed); given a chat template (`render`), a conversation: a
+                     system message naming the reply's writer, the message answered as the
+                     user's turn, the reply as the assistant's. Any other message is plain
+                     text, as with 'mbox' (`replies_only`: left out).
 Files are taken in sorted order (each glob sorted), documents in file order. Text and JSON
 lines must be UTF-8: a file that is empty, not UTF-8 or binary is refused, naming it (or,
 matched by a glob, skipped with a warning naming it); nothing is read with replacement
@@ -38,24 +39,20 @@ whatever date a template prints.
 """
 
 import codecs
-import email
-import email.message
-import email.policy
 import glob
 import hashlib
-import html.parser
 import json
-import mailbox
 import os
 
 from absl import logging
 
+from jaxtrain.data import mail
 from jaxtrain.errors import UserError
 
 FORMATS = ("text", "jsonl", "prompt_completion", "mbox", "mbox_replies", "chat")
 SPLITS = ("train", "validation")
 TEXT_FORMATS = ("text", "jsonl", "prompt_completion", "chat")
-TEMPLATE_FORMATS = ("prompt_completion", "chat")  # The formats a chat template renders.
+TEMPLATE_FORMATS = ("prompt_completion", "chat", "mbox_replies")  # The formats a chat template renders.
 # Checked at start-up per file (a binary shows in its first bytes); the rest as it is read.
 SNIFF_BYTES = 1 << 20
 NOT_UTF8_FIX = "re-save it as UTF-8, or leave it out"
@@ -129,10 +126,10 @@ class Rendered(list):
 
 
 def read(fmt, paths, *, field="text", prompt_field="prompt", completion_field="completion",
-         messages_field="messages", render=None):
+         messages_field="messages", render=None, replies_only=False):
   """Yields the documents of `paths` in order. `render` (messages -> segments, e.g.
   chat.assistant_segments with a tokenizer) renders 'chat' conversations, and
-  'prompt_completion' pairs where given."""
+  'prompt_completion' pairs and 'mbox_replies' replies where given."""
   if fmt == "text":
     for path in paths:
       with open(path, "rb") as f:
@@ -163,9 +160,11 @@ def read(fmt, paths, *, field="text", prompt_field="prompt", completion_field="c
       yield _rendered(render, messages, json.dumps(messages, ensure_ascii=False, sort_keys=True), path, line)
   elif fmt == "mbox":
     for path in paths:
-      yield from ([(message_text(message), True)] for message in _mbox_messages(path))
+      yield from ([(mail.message_text(message), True)] for message in mail.mbox_messages(path))
   elif fmt == "mbox_replies":
-    yield from reply_documents([message for path in paths for message in _mbox_messages(path)])
+    messages = [message for path in paths for message in mail.mbox_messages(path)]
+    for document, split_text in mail.reply_documents(messages, render, replies_only):
+      yield document if split_text is None else Rendered(document, split_text)
   else:
     raise UserError(f"unknown text format '{fmt}'; the formats are {', '.join(FORMATS)}")
 
@@ -235,147 +234,3 @@ def _encodable(value):
   if isinstance(value, dict):
     return {k: _encodable(v) for k, v in value.items()}
   return value
-
-
-# ---------------------------------------------------------------------------------------
-# Mail.
-# ---------------------------------------------------------------------------------------
-
-HEADERS = ("From", "To", "Subject", "Date")
-MBOX_FORMATS = ("mbox", "mbox_replies")
-
-
-def check_mbox(path):
-  """Raises a UserError unless `path` is an mbox with at least one message. Python's
-  mailbox module reads any file as an mbox (text before the first 'From ' line is
-  skipped), so a wrong file would otherwise train on nothing, or fail much later."""
-  with open(path, "rb") as f:
-    head = f.read(1 << 16)
-  first = next((line for line in head.splitlines() if line.strip()), b"")
-  if not first:
-    raise UserError(f"{path} is empty: an mbox mailbox holds at least one message (export one from your mail "
-                    f"client, e.g. Thunderbird's ImportExportTools or Gmail's Takeout)")
-  if not first.startswith(b"From "):
-    shown = first[:40].decode("utf-8", "replace")
-    raise UserError(f"{path} is not an mbox mailbox: it starts with '{shown}', not a 'From ' line; give an .mbox "
-                    f"file (one file holding all the messages), or set the data's format to the file's format")
-
-
-def _mbox_messages(path):
-  box = mailbox.mbox(path, create=False)
-  try:
-    for key in box.iterkeys():  # In file order.
-      yield email.message_from_bytes(box.get_bytes(key), policy=email.policy.default)
-  finally:
-    box.close()
-
-
-def reply_documents(messages):
-  """The documents of format 'mbox_replies' for `messages` (EmailMessages, in order)."""
-  by_id = {}
-  for message in messages:
-    by_id.setdefault(_header(message, "Message-ID"), message)
-  by_id.pop(None, None)
-  for message in messages:
-    parent = _parent(message, by_id)
-    if parent is None or parent is message:
-      yield [(message_text(message), True)]
-    else:
-      yield [(reply_prompt(parent, message), False), (reply_text(message), True)]
-
-
-def reply_prompt(parent, reply_headers):
-  """What the model reads before writing a reply: the message answered (headers and
-  text), a blank line, then the reply's headers and a blank line. `reply_headers` is a
-  message, or a dict of header -> value (e.g. {'From': me, 'To': them, 'Subject': 'Re: ...'})."""
-  return message_text(parent).rstrip("\n") + "\n\n" + _header_lines(reply_headers) + "\n\n"
-
-
-def reply_text(message):
-  """A reply's own words: its body without the quoted message."""
-  lines = _body(message).split("\n")
-  kept = []
-  for line in lines:
-    if line.startswith(">"):
-      while kept and not kept[-1].strip():
-        kept.pop()
-      if kept and kept[-1].rstrip().endswith("wrote:"):  # "On Mon, 2 Jan 2026, Ann <a@b> wrote:"
-        kept.pop()
-      continue
-    if line.strip() in ("-----Original Message-----", "-------- Original Message --------"):
-      break
-    kept.append(line)
-  return "\n".join(kept).strip("\n") + "\n"
-
-
-def _parent(message, by_id):
-  candidates = [_header(message, "In-Reply-To")] + list(reversed((_header(message, "References") or "").split()))
-  return next((by_id[c] for c in candidates if c in by_id), None)
-
-
-def _header(message, name):
-  try:
-    value = message.get(name)
-  except Exception:  # pylint: disable=broad-except  (a malformed header: keep it raw)
-    value = message.get_all(name, failobj=[None])[0]
-  return None if value is None else " ".join(str(value).split())
-
-
-def message_text(message):
-  """A few headers and the plain-text body of a message (an `email.message.EmailMessage`,
-  or a message of `mailbox` or `email.message_from_*`'s older default policy)."""
-  if not isinstance(message, email.message.EmailMessage):
-    message = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
-  return _header_lines(message) + "\n\n" + _body(message)
-
-
-def _header_lines(message):
-  if isinstance(message, dict):
-    return "\n".join(f"{name}: {message[name]}" for name in HEADERS if message.get(name))
-  return "\n".join(f"{name}: {value}" for name in HEADERS if (value := _header(message, name)) is not None)
-
-
-def _body(message):
-  body = ""
-  part = message.get_body(preferencelist=("plain", "html"))
-  if part is not None:
-    body = _content(part)
-    if part.get_content_subtype() == "html":
-      body = _html_to_text(body)
-  return body.replace("\r\n", "\n")
-
-
-def _content(part):
-  try:
-    return part.get_content()  # Decodes base64 / quoted-printable and the charset.
-  except (LookupError, UnicodeError, AssertionError, KeyError):  # An unknown or wrong charset.
-    payload = part.get_payload(decode=True) or b""
-    return payload.decode("utf-8", errors="replace")
-
-
-class _HTMLText(html.parser.HTMLParser):
-  BREAKS = {"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote"}
-
-  def __init__(self):
-    super().__init__(convert_charrefs=True)
-    self.parts, self._skip = [], 0
-
-  def handle_starttag(self, tag, attrs):
-    self._skip += tag in ("script", "style")
-    if tag in self.BREAKS:
-      self.parts.append("\n")
-
-  def handle_endtag(self, tag):
-    self._skip -= tag in ("script", "style") and self._skip > 0
-
-  def handle_data(self, data):
-    if not self._skip:
-      self.parts.append(data)
-
-
-def _html_to_text(markup):
-  parser = _HTMLText()
-  parser.feed(markup)
-  parser.close()
-  lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
-  return "\n".join(line for line in lines if line) + "\n"

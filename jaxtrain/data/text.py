@@ -20,10 +20,14 @@ Keys (under input.data, or an evaluator's data):
   field                the text feature / JSON field ('text'); for TFDS and 'jsonl'
   prompt_field, completion_field   'prompt', 'completion' (for 'prompt_completion')
   messages_field       'messages' (for 'chat': a list of {'role', 'content'} per line)
-  chat_template        for 'prompt_completion' and 'chat': 'auto' (default) renders them with
-                       the tokenizer's chat template where it has one (a user's message and
-                       the assistant's reply; the loss on the assistant's spans alone, see
-                       jaxtrain.data.chat), 'none' keeps prompt/completion pairs plain text.
+  replies_only         for 'mbox_replies': False (default) learns the messages that answer
+                       nothing as plain text; True leaves them out (newsletters, and each
+                       thread's first message, which the prompts of its replies show anyway)
+  chat_template        for 'prompt_completion', 'chat' and 'mbox_replies': 'auto' (default)
+                       renders them with the tokenizer's chat template where it has one (a
+                       user's message and the assistant's reply; the loss on the assistant's
+                       spans alone, see jaxtrain.data.chat and .mail), 'none' keeps
+                       prompt/completion pairs and replies plain text.
                        'chat' needs a template; without one a pair is plain text, as ever.
 
 A tokenizer left unset is trained on the TRAIN split of the same data on first use and
@@ -50,13 +54,14 @@ import tensorflow_datasets as tfds
 
 from jaxtrain.data import chat
 from jaxtrain.data import documents
+from jaxtrain.data import mail
 from jaxtrain.data import packing
 from jaxtrain.data import sources
 from jaxtrain.data import tokenizers
 from jaxtrain.errors import UserError
 
 TEXT_KEYS = ("seq_len", "tokenizer", "format", "files", "field", "prompt_field", "completion_field",
-             "messages_field", "chat_template", "validation_fraction")
+             "messages_field", "chat_template", "replies_only", "validation_fraction")
 CHAT_TEMPLATE_CHOICES = ("auto", "none")
 TEXT_DATASETS = ("stdlib_code",)  # TFDS names that are text whatever the keys.
 DEFAULT_KIND, DEFAULT_VOCAB_SIZE = "sentencepiece", 4096
@@ -133,9 +138,9 @@ def _dataset(data, inherited):
     raise UserError(f"config key '{data.path('validation_fraction')}' must be in [0, 1), got {fraction!r}")
   dataset = {"format": fmt, "files": files if files is base.get("files") else
              documents.resolve_files(files, f"config key '{data.path('files')}'", fmt), "validation_fraction": fraction}
-  if fmt in documents.MBOX_FORMATS and files is not base.get("files"):
+  if fmt in mail.MBOX_FORMATS and files is not base.get("files"):
     for path in dataset["files"]:
-      documents.check_mbox(path)
+      mail.check_mbox(path)
   if fmt == "jsonl":
     dataset["field"] = data.get("field", base.get("field", "text"), kind=str)
   elif fmt == "prompt_completion":
@@ -143,6 +148,8 @@ def _dataset(data, inherited):
     dataset["completion_field"] = data.get("completion_field", base.get("completion_field", "completion"), kind=str)
   elif fmt == "chat":
     dataset["messages_field"] = data.get("messages_field", base.get("messages_field", "messages"), kind=str)
+  elif fmt == "mbox_replies" and data.get("replies_only", base.get("replies_only", False), kind=bool):
+    dataset["replies_only"] = True  # Only when set: the default's cache keys stay as they were.
   if fmt in documents.TEMPLATE_FORMATS:
     choice = data.get("chat_template", base.get("chat_template", "auto"), kind=str)
     if choice not in CHAT_TEMPLATE_CHOICES:
@@ -259,7 +266,8 @@ def _documents(dataset, split, data_dir, tokenizer=None):
         value = example[dataset["field"]]
         yield [(value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value), True)]
     return
-  options = {k: dataset[k] for k in ("field", "prompt_field", "completion_field", "messages_field") if k in dataset}
+  options = {k: dataset[k] for k in ("field", "prompt_field", "completion_field", "messages_field", "replies_only")
+             if k in dataset}
   if renders_chat(dataset, tokenizer):
     options["render"] = functools.partial(chat.assistant_segments, tokenizer)
   for document in documents.read(dataset["format"], dataset["files"], **options):

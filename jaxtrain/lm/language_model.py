@@ -32,6 +32,7 @@ from absl import logging
 from jaxtrain.checkpoints import checkpointer as checkpoint
 from jaxtrain import config as config_lib
 from jaxtrain.data import chat as chat_lib
+from jaxtrain.data import mail
 from jaxtrain.data import text as text_lib
 from jaxtrain.data import tokenizers
 from jaxtrain.errors import UserError
@@ -84,6 +85,7 @@ class LM:
     self.eos_ids = tuple(eos_ids)
     self.family = None  # The model family (lm.families): how it maps to Hugging Face's names.
     self.lora = None  # A LoRA run's (lora.Spec, its adapters' params): what `export --format=peft` writes.
+    self.chat_replies = True  # `reply` prompts through the chat template (a run may have trained without).
     self._logits = jax.jit(lambda variables, tokens: module.apply(variables, tokens, train=False)[0])
     eos_ids = sorted(set(eos_ids) | ({tokenizer.eos_id} - {None}))
     self.sampler = sampling.Sampler(module, variables, eos_ids=eos_ids, pad_id=tokenizer.pad_id)
@@ -132,6 +134,33 @@ class LM:
     texts = [chat_lib.render_for(self.tokenizer, c, add_generation_prompt=True) for c in conversations]
     replies = self.generate(texts, add_bos=False, special_tokens=True, **sampling)
     return replies if several else replies[0]
+
+  def reply(self, emails, **options):
+    """Drafts of replies to `emails` (an EmailMessage, e.g. from data.mail.read_email, or a
+    list of them), prompted as the email assistant trains (data/mail.py): through the chat
+    template where the model has one (unless its run trained with chat_template='none'),
+    else as plain text; continued by `generate` (its keyword arguments, `options`). An email
+    too long for the context with room for the draft is cut at its end (its quoted tail)."""
+    single = not isinstance(emails, (list, tuple))
+    emails = [emails] if single else list(emails)
+    chat = self.tokenizer.chat_template is not None and self.chat_replies
+    encoding = dict(add_bos=False, special_tokens=True) if chat else {}
+    room = self.context_length - options.get("max_new_tokens", 64)
+    prompts = []
+    for e in emails:
+      if chat:
+        prompt_of = lambda text, e=e: chat_lib.render_for(  # noqa: E731
+            self.tokenizer, mail.reply_messages(e, mail.reply_headers(e), text), add_generation_prompt=True)
+      else:
+        prompt_of = lambda text, e=e: mail.reply_prompt(e, mail.reply_headers(e), text)  # noqa: E731
+      whole = mail.message_text(e)
+      text = sampling.fit_text(self.tokenizer, prompt_of, whole, room, **encoding)
+      if text != whole:
+        logging.warning("The email '%s' is cut to fit the context of %d tokens with room for the draft.",
+                        e.get("Subject", ""), self.context_length)
+      prompts.append(prompt_of(text))
+    drafts = self.generate(prompts, **encoding, **options)
+    return drafts[0] if single else drafts
 
   def export_hf(self, directory, dtype="float32"):
     """Writes a Hugging Face directory (config.json, model.safetensors, the tokenizer)."""
@@ -226,6 +255,8 @@ def _load_run(workdir, step, strategy, dtype):
     lm = LM(module.base, merged, tokenizer, context, f"{workdir} step {step} (LoRA merged)", strategy=strategy)
     lm.lora = (module.spec, variables["params"])
   lm.family = family
+  data = layout.read_config(workdir).get("input", {}).get("data", {})
+  lm.chat_replies = not isinstance(data, dict) or data.get("chat_template", "auto") != "none"
   return lm
 
 

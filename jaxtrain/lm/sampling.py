@@ -14,6 +14,8 @@ token of one call the same decode loop. The model must accept the `cache`, `cach
 `key_valid` and `only_last` arguments of `jaxtrain.models.llama.Llama`.
 """
 
+import math
+
 from absl import logging
 import jax
 import jax.numpy as jnp
@@ -148,6 +150,25 @@ def prompt_ids(tokenizer, prompts, context_length, add_bos=None, where="prompt",
       raise UserError(f"{where} {i} is {len(row)} tokens, which leaves no room in the model's context of "
                       f"{context_length} tokens; shorten it")
   return ids
+
+
+def fit_text(tokenizer, prompt_of, text, max_tokens, add_bos=None, special_tokens=True):
+  """The longest start of `text` (whole where it fits) whose prompt, `prompt_of(start)`, is
+  at most `max_tokens` tokens as `prompt_ids` encodes it: for a long email in a prompt whose
+  other parts (a system message, the reply's headers, the template's tokens) must stay.
+  Cut at a line's end where one is near; "[...]" marks the cut."""
+  def length(start):
+    return len(prompt_ids(tokenizer, [prompt_of(start)], math.inf, add_bos, special_tokens=special_tokens)[0])
+
+  if length(text) <= max_tokens:
+    return text
+  low, high = 0, len(text)  # Bisect on characters: ~log2(len) encodings, not one per character.
+  while low < high:
+    middle = (low + high + 1) // 2
+    low, high = (middle, high) if length(text[:middle] + "\n[...]\n") <= max_tokens else (low, middle - 1)
+  line_end = text.rfind("\n", 0, low)
+  start = text[:line_end + 1] if line_end > low * 0.8 else text[:low]
+  return start + ("\n" if not start.endswith("\n") else "") + "[...]\n"
 
 
 def complete(sampler, tokenizer, prompts, *, context_length, max_new_tokens=64, temperature=0.0, top_k=None,

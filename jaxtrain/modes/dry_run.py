@@ -44,9 +44,13 @@ def run(config, workdir, *, accelerator=None, peak_tflops=None, price_per_hour=N
   if jax.process_index() == 0:
     print(format_report(report), flush=True)
   memory = report["memory"]
-  if memory and memory["total"] > memory["capacity"]:
+  capacity, of = (memory["capacity"], memory["capacity_of"]) if memory else (None, None)
+  if accelerator and target["memory_gb"] and jax.devices()[0].platform == "cpu":
+    # Planning for a named accelerator from a CPU host (a laptop): its memory is the limit.
+    capacity, of = int(target["memory_gb"] * 1e9), f"{accelerator}'s memory"
+  if memory and memory["total"] > capacity:
     raise UserError(f"does not fit: the train step needs {_bytes(memory['total'])} per device, the device has "
-                    f"{_bytes(memory['capacity'])} ({memory['capacity_of']}); shard the state (parallel.mesh.fsdp) or "
+                    f"{_bytes(capacity)} ({of}); shard the state (parallel.mesh.fsdp) or "
                     f"shrink the activations (parallel.accumulate_steps, model.remat where the model has it)")
   return report
 
@@ -249,8 +253,9 @@ def format_report(r):
   basis = "compiled step" if compiled else "6N + attention estimate"
   resume = (f"; {r['total_steps'] - r['resume_step']:,} steps left after checkpoint {r['resume_step']} in --workdir"
             if r["resume_step"] is not None else "")
+  run_tokens = f", {r['total_steps'] * f['tokens_per_step']:,} tokens" if "tokens_per_step" in f else ""
   lines += ["", f"Whole run: {r['total_steps']:,} steps x {_flops(w['total_flops'] / r['total_steps'])} ({basis}) "
-                f"= {_flops(w['total_flops'])}; evaluations not counted{resume}.",
+                f"= {_flops(w['total_flops'])}{run_tokens}; evaluations not counted{resume}.",
             f"Device time (chip-hours) at the accelerator's peak and at {TYPICAL_UTILIZATION:.0%} of it; cost at "
             f"{TYPICAL_UTILIZATION:.0%},", "in approximate on-demand USD per chip-hour (2026 list prices):"]
   t = w["target"]

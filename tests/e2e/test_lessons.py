@@ -10,18 +10,11 @@ import os
 
 import pytest
 
-from conftest import ROOT, tiny_lm
+from conftest import load_script, tiny_lm
 from jaxtrain import train
 
 
-def load_script():
-  spec = importlib.util.spec_from_file_location("lessons", os.path.join(ROOT, "scripts", "lessons.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-lessons = load_script()
+lessons = load_script("lessons")
 
 
 def read(out):

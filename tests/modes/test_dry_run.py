@@ -113,6 +113,16 @@ def test_a_step_that_does_not_fit_is_one_line_after_the_report(tfds_dir, tmp_pat
   assert not os.path.exists(str(tmp_path / "run"))
 
 
+def test_planning_for_a_named_accelerator_from_a_cpu_host_checks_its_memory(tfds_dir, tmp_path, monkeypatch):
+  # A laptop plans a run for an H100: the H100's 80 GB is the limit, not the laptop's memory.
+  monkeypatch.setattr(dry_run, "device_capacity", lambda: (16 * 2**10, "a pretend device"))
+  dry_run.run(tiny_config(), str(tmp_path / "run"), accelerator="h100")
+  monkeypatch.setitem(dry_run.ACCELERATORS, "h100", (989.0, 1e-6, 2.69))  # A pretend 1 KB H100.
+  with pytest.raises(UserError, match=r"^does not fit: the train step needs .* per device, the device has 1000 B "
+                                      r"\(h100's memory\); shard the state"):
+    dry_run.run(tiny_config(), str(tmp_path / "run"), accelerator="h100")
+
+
 def test_accelerator_mistakes_fail_before_building():
   # config=None: it would fail in build; the flags are checked first, in no time.
   with pytest.raises(UserError, match=r"^unknown --accelerator 'h1000' \(did you mean 'h100'\?\); known: tpu-v4, "
@@ -158,6 +168,7 @@ def test_code_lm_flops_are_within_10_percent_of_6n_per_token(tfds_dir, corpus, t
   out = capsys.readouterr().out
   assert re.search(r"\n  layers_0\.\.3 \(4 x\) +3,147,776 +75\.0% +3,147,776 +12\.0 MiB\n", out)
   assert f"compiled / this = {flops['per_step'] / flops['six_n_attention']:.3f}" in out
+  assert f"= {dry_run._flops(flops['per_step'] * 400)}, {400 * 32 * 256:,} tokens; evaluations not counted" in out
   assert not os.path.exists(str(tmp_path / "run"))
 
 
