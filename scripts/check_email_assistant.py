@@ -5,7 +5,8 @@ SmolLM2 write the owner's mail where the base model does not?
         [--threads=60] [--out=runs/check_email] [--config.KEY=VALUE ...]
 
 1. `scripts/make_mailbox.py --threads=N --unseen=OUT/unseen`: a mailbox where Sam Lee always
-   answers "Hi <first name>," ... "Best,\\nSam", and 8 emails to Sam that are not in it.
+   answers "Hi <first name>," ... "Best,\\nSam", and 8 emails to Sam that are not in it
+   (--mailbox_module=tests/e2e/lab_mailbox.py: another owner and style, written differently).
 2. `python -m jaxtrain.generate --model=GGUF --reply_to=...` (the 8 emails): the base model's drafts.
 3. `python -m jaxtrain.launch --config=experiments/email_assistant.py:MAILBOX
    --config.init_from.gguf=GGUF --workdir=OUT/run`, timed (extra --config.* flags pass through).
@@ -30,8 +31,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRAFT_TOKENS = 96
 
 
-def make_mailbox():
-  spec = importlib.util.spec_from_file_location("make_mailbox", os.path.join(ROOT, "scripts", "make_mailbox.py"))
+def mailbox_module(path):
+  """The mailbox writer at `path`: write(), unseen(), first_name(), OWNER_GREETING, OWNER_SIGNOFF."""
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -62,9 +64,8 @@ def drafts(model, emails, out_jsonl, log):
     return [json.loads(line)["completion"] for line in f], seconds
 
 
-def style(draft, first):
+def style(mb, draft, first):
   """(greets as the owner does, signs off as the owner does) for one draft."""
-  mb = make_mailbox()
   text = draft.strip()
   return text.startswith(mb.OWNER_GREETING.format(first=first)), text.endswith(mb.OWNER_SIGNOFF)
 
@@ -101,13 +102,16 @@ def main():
   parser.add_argument("--model", required=True, help="The base model: a GGUF file (or a Hugging Face directory).")
   parser.add_argument("--threads", type=int, default=60, help="Threads of the mailbox.")
   parser.add_argument("--out", default=os.path.join("runs", "check_email"))
+  parser.add_argument("--mailbox_module", default=os.path.join(ROOT, "scripts", "make_mailbox.py"),
+                      help="What writes the mailbox and the unseen emails (tests/e2e/lab_mailbox.py: another owner "
+                           "and style, written differently).")
   args, overrides = parser.parse_known_args()
   if not all(o.startswith("--config.") for o in overrides):
     parser.error(f"unknown arguments {overrides}: only --config.KEY=VALUE flags pass through to the training")
   out = os.path.abspath(args.out)
   os.makedirs(out, exist_ok=True)
-  mb = make_mailbox()
-  mailbox_path = os.path.join(out, f"sam{args.threads}.mbox")
+  mb = mailbox_module(args.mailbox_module)
+  mailbox_path = os.path.join(out, f"mail{args.threads}.mbox")
   mb.write(mailbox_path, threads=args.threads)
   emails = mb.unseen(os.path.join(out, "unseen"), count=8, threads=args.threads)
   import email  # pylint: disable=import-outside-toplevel
@@ -137,7 +141,7 @@ def main():
   lines = ["| model | greeting | sign-off | both | held-out loss (tokens) |", "|---|---|---|---|---|"]
   with open(os.path.join(out, "drafts.jsonl"), "w", encoding="utf-8") as f:
     for name, texts in (("base", base), ("tuned", tuned)):
-      marks = [style(t, first) for t, first in zip(texts, firsts)]
+      marks = [style(mb, t, first) for t, first in zip(texts, firsts)]
       counts = [sum(m[0] for m in marks), sum(m[1] for m in marks), sum(m[0] and m[1] for m in marks)]
       result[name] = {"greeting": counts[0], "signoff": counts[1], "both": counts[2], "held_out_loss": losses[name][0],
                       "held_out_tokens": losses[name][1]}
