@@ -28,6 +28,8 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from jaxtrain.modes import dry_run  # noqa: E402  pylint: disable=wrong-import-position
+# The report's own formatting, so that the summary reads as the report does.
+from jaxtrain.modes.dry_run import _bytes, _duration, _flops, _money  # noqa: E402  pylint: disable=all
 from jaxtrain.training import init_from  # noqa: E402  pylint: disable=wrong-import-position
 
 LLAMA_7B = dict(name="llama", vocab_size=49152, dim=4096, num_layers=32, num_heads=32, num_kv_heads=32,
@@ -82,9 +84,8 @@ def main():
     target, memory = report["run"]["target"], report["memory"]
     tokens = report["flops"]["tokens_per_step"] * report["total_steps"]
     rows.append((name, f"{report['parameters']['total'] / 1e6:,.0f} M", f"{report['parameters']['trainable']:,}",
-                 f"{tokens:,}", dry_run._flops(report["run"]["total_flops"]),  # pylint: disable=protected-access
-                 dry_run._bytes(memory["total"]) if memory else "?",  # pylint: disable=protected-access
-                 dry_run._duration(target["hours"]), dry_run._money(target["cost"])))  # pylint: disable=protected-access
+                 f"{tokens:,}", _flops(report["run"]["total_flops"]), _bytes(memory["total"]) if memory else "?",
+                 _duration(target["hours"]), _money(target["cost"])))
   print(f"\nThe whole run on one {args.accelerator} at {dry_run.TYPICAL_UTILIZATION:.0%} of its peak:")
   print("| model | parameters | trainable | tokens | FLOPs | memory per device | chip time | cost |")
   print("|---|---|---|---|---|---|---|---|")

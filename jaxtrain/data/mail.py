@@ -90,10 +90,12 @@ def reply_documents(messages, render=None, replies_only=False):
 
 def reply_prompt(parent, reply_headers, text=None):
   """The prompt without a chat template: the message answered (headers and text), a blank
-  line, then the reply's From, To and Subject and a blank line. `reply_headers` is a message, or a dict
-  of header -> value (`reply_headers(parent)` gives them). `text`: the message answered as
-  text, in place of message_text(parent) (e.g. cut to fit a context: sampling.fit_text)."""
-  return (message_text(parent) if text is None else text).rstrip("\n") + "\n\n" + _header_lines(reply_headers, REPLY_HEADERS) + "\n\n"
+  line, then the reply's From, To and Subject and a blank line. `reply_headers` is a
+  message, or a dict of header -> value (`reply_headers(parent)` gives them). `text`: the
+  message answered as text, in place of message_text(parent) (e.g. cut to fit a context:
+  sampling.fit_text)."""
+  answered = message_text(parent) if text is None else text
+  return answered.rstrip("\n") + "\n\n" + _header_lines(reply_headers, REPLY_HEADERS) + "\n\n"
 
 
 def reply_messages(parent, reply_headers, text=None):

@@ -59,8 +59,8 @@ class Samples:
     self.sampler = sampling.Sampler(context.model, None, pad_id=self.tokenizer.pad_id,
                                     eos_ids=[] if self.tokenizer.eos_id is None else [self.tokenizer.eos_id])
     # At start-up: the prompts must fit the context, and the sampler compiles for them.
-    ids = sampling.prompt_ids(self.tokenizer, self.prompts, self.options["context_length"], where=config.path("prompts"),
-                              **self.encoding)
+    ids = sampling.prompt_ids(self.tokenizer, self.prompts, self.options["context_length"],
+                              where=config.path("prompts"), **self.encoding)
     room = self.options["context_length"] - max(map(len, ids))  # As `complete` will cap it.
     self.sampler.prepare(context.abstract_variables, list(map(len, ids)), min(self.options["max_new_tokens"], room),
                          **{k: self.options[k] for k in ("temperature", "top_k", "top_p")})
