@@ -216,3 +216,23 @@ def test_on_8_devices_memory_is_per_device_and_flops_for_all(tfds_dir, tmp_path)
   assert eight["flops"]["per_step"] == 8 * eight["flops"]["per_device"]
   assert eight["flops"]["per_step"] == pytest.approx(one["flops"]["per_step"], rel=0.2)
   assert not os.path.exists(str(tmp_path / "run"))
+
+
+def test_scanned_layers_are_costed_from_the_estimate(tfds_dir, corpus, tmp_path, capsys):
+  # XLA counts a loop's body once: the scanned model's compiled step shows one layer of two.
+  reports = {}
+  for scan in (False, True):
+    c = tiny_lm(corpus)
+    c.model.scan_layers = scan
+    c.model.num_layers = 2
+    reports[scan] = dry_run.run(c, str(tmp_path / "run"))
+  plain, scanned = reports[False]["flops"], reports[True]["flops"]
+  assert not plain["scanned"] and scanned["scanned"]
+  assert scanned["six_n_attention"] == plain["six_n_attention"]
+  assert scanned["per_step"] < 0.8 * plain["per_step"]
+  steps = reports[True]["total_steps"]
+  assert reports[False]["run"]["total_flops"] == plain["per_step"] * steps
+  assert reports[True]["run"]["total_flops"] == scanned["six_n_attention"] * steps
+  out = capsys.readouterr().out
+  assert out.count("model.scan_layers: XLA counts the scanned layers' loop body once") == 1
+  assert "(6N + attention estimate) = " in out and "(compiled step) = " in out
