@@ -4,6 +4,7 @@ CPU, each printed as a markdown table and drawn as a plot.
     python scripts/lessons.py --code_lm=runs/code_lm              # all four: 14.6 min on 2 CPU cores
     python scripts/lessons.py --lessons=1,2                        # no language model needed: 2.6 min
     python scripts/lessons.py --lessons=2 --quick --out=/tmp/l     # tiny budgets: checks the plumbing
+    python scripts/lessons.py --model=GGUF                         # lessons 5-8: scripts/lessons_real.py
 
 1. **The learning rate.** experiments/digits.py (the CNN, 40 epochs) at three values of
    optimizer.lr: too high (1: the loss explodes, then the network is stuck at chance), too
@@ -72,7 +73,8 @@ OVERFIT_FILES = ("idlelib/NEWS.txt",)  # Lesson 2's small text.
 VALIDATION_FRACTION = 0.1              # Of the paragraphs (by hash): lesson 3's held-out slice,
 OVERFIT_VALIDATION_FRACTION = 0.15     # and lesson 2's.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-NAMES = {1: "learning_rate", 2: "overfitting", 3: "forgetting", 4: "fewshot"}
+NAMES = {1: "learning_rate", 2: "overfitting", 3: "forgetting", 4: "fewshot",
+         5: "learning_rate", 6: "overfitting", 7: "forgetting", 8: "fewshot"}  # 5-8: a real model (--model).
 
 
 # ---- The experiments of lessons 2 and 3, for jaxtrain.launch ------------------------------
@@ -406,19 +408,28 @@ def _f(value):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
   parser.add_argument("--code_lm", default=None, help="A run of experiments/code_lm.py (lessons 3 and 4).")
-  parser.add_argument("--lessons", default="1,2,3,4", help="Which lessons, e.g. 1,3.")
+  parser.add_argument("--model", default=None, help="A GGUF file of SmolLM2-135M-Instruct (lessons 5-8): "
+                      "`python scripts/fetch_model.py smollm2-135m-instruct` prints its path.")
+  parser.add_argument("--lessons", default=None, help="Which lessons, e.g. 1,3 (default: 1,2,3,4; with --model, "
+                      "5,6,7,8).")
   parser.add_argument("--out", default=os.path.join("runs", "lessons"))
   parser.add_argument("--quick", action="store_true", help="Tiny budgets: checks that everything runs.")
-  parser.add_argument("--shots", default="0,1,5", help="Lesson 4's k values.")
-  parser.add_argument("--limit", type=int, default=None, help="Lesson 4: score the first N documents only.")
+  parser.add_argument("--shots", default="0,1,5", help="Lessons 4 and 8: the k values.")
+  parser.add_argument("--limit", type=int, default=None, help="Lessons 4, 7 and 8: score the first N documents only "
+                      "(lessons 7 and 8: 100 by default).")
   args = parser.parse_args(argv)
-  chosen = sorted({int(n) for n in args.lessons.split(",") if n.strip()})
+  chosen = sorted({int(n) for n in (args.lessons or ("5,6,7,8" if args.model else "1,2,3,4")).split(",") if n.strip()})
   if not set(chosen) <= set(NAMES):
     parser.error(f"--lessons: the lessons are {', '.join(map(str, NAMES))}")
   if {3, 4} & set(chosen) and not args.code_lm:
     parser.error("lessons 3 and 4 need --code_lm=RUN, a run of experiments/code_lm.py")
   if args.code_lm and not os.path.isdir(os.path.join(args.code_lm, "checkpoints")):
     parser.error(f"--code_lm={args.code_lm} has no checkpoints/")
+  if max(chosen) >= 5 and not args.model:
+    parser.error("lessons 5-8 need --model=GGUF, SmolLM2-135M-Instruct's file: python scripts/fetch_model.py "
+                 "smollm2-135m-instruct prints its path")
+  if args.model and not (args.model.endswith(".gguf") and os.path.isfile(args.model)):
+    parser.error(f"--model={args.model} is not a .gguf file")
   out = os.path.abspath(args.out)
   os.makedirs(out, exist_ok=True)
   json_path = os.path.join(out, "lessons.json")
@@ -437,9 +448,13 @@ def main(argv=None):
       result = globals()[f"lesson_{number}"](run, directory, args.quick)
     elif number == 3:
       result = lesson_3(run, directory, args.quick, args.code_lm)
-    else:
+    elif number == 4:
       shots = [int(k) for k in args.shots.split(",")]
       result = lesson_4(run, directory, args.quick, args.code_lm, shots, args.limit or (40 if args.quick else None))
+    else:
+      import lessons_real  # pylint: disable=import-outside-toplevel  (it imports jax)
+      result = lessons_real.run_lesson(number, run, out, args.quick, args.model,
+                                       [int(k) for k in args.shots.split(",")], args.limit)
     result["wall_s"] = run.seconds  # Its commands' times, those of reused runs included.
     result["quick"] = args.quick
     results[name] = result
@@ -454,7 +469,7 @@ def main(argv=None):
   commands = sum(results[f"{n}_{NAMES[n]}"]["wall_s"] for n in chosen)
   with open(json_path, "w", encoding="utf-8") as f:
     json.dump({"lessons": results, "commands_s": commands, "this_run_s": wall, "quick": args.quick,
-               "code_lm": args.code_lm}, f, indent=1)
+               "code_lm": args.code_lm, "model": args.model}, f, indent=1)
   with open(os.path.join(out, "lessons.md"), "w", encoding="utf-8") as f:
     f.write("\n".join(markdown(results[k]) for k in sorted(results)))
   print(f"Wrote {json_path}, lessons.md" + (", " + ", ".join(os.path.basename(p) for p in plotted) if plotted else "")
