@@ -551,13 +551,13 @@ def fewshot_verdict(runs):
   above = first["acc"] - 0.25 > 2 * first["acc_stderr"]
   words = [f"At {ks[0]} shots the accuracy is "
            + ("above chance by more than twice its stderr." if above else "not clearly above chance.")]
-  if len(ks) > 1:
-    diff = most["acc"] - first["acc"]
-    margin = 2 * math.hypot(first["acc_stderr"], most["acc_stderr"])
+  for metric in ("acc", "acc_norm") if len(ks) > 1 else ():  # They can disagree: both are lm-eval's.
+    diff = most[metric] - first[metric]
+    margin = 2 * math.hypot(first[f"{metric}_stderr"], most[f"{metric}_stderr"])
     verdict = "help" if diff > margin else "hurt" if diff < -margin else "make no difference beyond the noise"
-    words.append(f"{ks[-1]} shots against {ks[0]}: {diff:+.3f}, twice the combined stderr {margin:.3f}: they "
-                 f"{verdict} (the same documents, so a paired test would be tighter).")
-  return " ".join(words)
+    words.append(f"{metric}, {ks[-1]} shots against {ks[0]}: {diff:+.3f}, twice the combined stderr {margin:.3f}: "
+                 f"they {verdict}.")
+  return " ".join(words) + (" (The same documents: a paired test would be tighter.)" if len(ks) > 1 else "")
 
 
 def scored_tokens(model, task_path, num_fewshot, limit):

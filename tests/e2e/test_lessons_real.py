@@ -2,28 +2,19 @@
 library's docstrings), the configs of lessons 5-7 (built with a tiny Hugging Face model), the
 cost arithmetic, reading lr_find's output, and lessons.py's checks of --model."""
 
-import importlib.util
 import io
 import json
-import os
 import zlib
 from contextlib import redirect_stdout
 
 import ml_collections
 import pytest
 
-from conftest import ROOT
+from conftest import load_script
 import hf_dirs
 from jaxtrain.errors import UserError
 from jaxtrain.modes import lr_find
 from jaxtrain.training import build as build_lib
-
-
-def load_script(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 real = load_script("lessons_real")
@@ -94,6 +85,17 @@ def test_cost_is_the_dry_runs_arithmetic():
   assert real.cost(135e6, 16384, "full")["flops"] == 1.5 * numbers["flops"] == 3 * real.cost(135e6, 16384,
                                                                                              "scoring")["flops"]
   assert real.cost_cells(numbers) == ["16,384", "6.2e-06", "$1.7e-05"]
+
+
+def test_the_few_shot_verdict_judges_acc_and_acc_norm_each_by_twice_the_combined_stderr():
+  runs = {"0": dict(acc=0.59, acc_stderr=0.049, acc_norm=0.55, acc_norm_stderr=0.050),  # Lesson 8's, measured.
+          "5": dict(acc=0.65, acc_stderr=0.048, acc_norm=0.72, acc_norm_stderr=0.045)}
+  assert real.fewshot_verdict(runs) == (
+      "At 0 shots the accuracy is above chance by more than twice its stderr. acc, 5 shots against 0: +0.060, twice "
+      "the combined stderr 0.137: they make no difference beyond the noise. acc_norm, 5 shots against 0: +0.170, "
+      "twice the combined stderr 0.135: they help. (The same documents: a paired test would be tighter.)")
+  assert real.fewshot_verdict({"0": dict(acc=0.3, acc_stderr=0.05)}) == ("At 0 shots the accuracy is not clearly "
+                                                                        "above chance.")
 
 
 def test_lr_find_s_report_is_read_back(tmp_path):
