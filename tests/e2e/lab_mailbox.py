@@ -18,7 +18,7 @@ import datetime
 import email.message
 import email.utils
 import html
-import mailbox
+import importlib.util
 import os
 import random
 import sys
@@ -386,20 +386,16 @@ def messages(threads=60, seed=0):
 
 def write(path, threads=60, seed=0):
   """Writes the mailbox to `path` (replacing it); returns the number of messages."""
-  found = messages(threads, seed)
-  if os.path.exists(path):
-    os.remove(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  box = mailbox.mbox(path)
-  try:
-    for message in found:
-      entry = mailbox.mboxMessage(message)
-      sent = email.utils.parsedate_to_datetime(message["Date"]).timetuple()
-      entry.set_from(email.utils.parseaddr(message["From"])[1], sent)  # Not today's date: the same bytes.
-      box.add(entry)
-  finally:
-    box.close()
-  return len(found)
+  return _mbox_writer().write_messages(path, messages(threads, seed))
+
+
+def _mbox_writer():
+  """scripts/make_mailbox.py, for its mbox writer only (its mail is its own)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "make_mailbox.py")
+  spec = importlib.util.spec_from_file_location("make_mailbox", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def unseen(directory, count=8, seed=0, threads=60):
