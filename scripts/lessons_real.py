@@ -23,7 +23,7 @@ scripts/make_mailbox.py.
    reused). "Before" is a run of one step at learning rate 0, which changes no weight
    (jaxtrain never evaluates at step 0).
 8. **Zero-, one- and few-shot.** `python -m jaxtrain.lm_eval --model=GGUF` on which_function
-   (`write_task`): the first sentence of the docstring of a public module-level function of
+   (scripts/make_which_function_task.py): the first sentence of the docstring of a public module-level function of
    Python's standard library (the .py files that ship with Python, read with `ast`), and four
    function names to choose from, the true one and three of other modules: chance is 25%.
    Few-shot examples come from other modules (a fifth of them, by crc32 of the path). k = 0, 1
@@ -44,21 +44,17 @@ documents), 2026-12-07 on 2 CPU cores shared with another job (load average 3-4)
 commands (lesson 5: 848 s, 6: 453 s, 7: 1,070 s, 8: 292 s), nearly all of it start-up
 (loading the GGUF, compiling the step and the evaluators) and evaluation: 136-347 s per
 training command, 74-141 s per lm_eval. The full run is budgeted at about an hour on 2
-unloaded cores (~110 tokens/s in LoRA training, ~90 s of start-up a command); its time is
-yet to be measured.
+unloaded cores (~110 tokens/s in LoRA training, ~90 s of start-up a command). Measured at
+full size, 2026-12-07, the cores shared with other jobs for most of it: lesson 5 in 1,796 s
+(its four commands 295-717 s), lesson 8 in 439 s; the tables are in docs/lessons.md.
 """
 
-import ast
-import collections
 import importlib.util
 import json
 import math
 import os
-import random
 import re
 import sys
-import sysconfig
-import zlib
 
 import ml_collections
 
@@ -66,6 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # lessons.py and
 # pylint: disable=wrong-import-position
 import make_mailbox  # noqa: E402
 from lessons import _f, _trainable, launch, read_rows, series  # noqa: E402
+from make_which_function_task import TASK, write_task  # noqa: E402
 from stdlib_prose import PROSE_FILES, prose_documents, write_jsonl  # noqa: E402
 from jaxtrain.errors import UserError  # noqa: E402
 from jaxtrain.modes.dry_run import TYPICAL_UTILIZATION as UTILIZATION  # noqa: E402
@@ -91,11 +88,6 @@ ACCELERATOR = "h100"
 FLOPS_PER_TOKEN = {"full": 6, "lora": 4, "scoring": 2}  # Times N.
 METHODS = ("lora", "lora_early_stopping", "full", "full_mix")
 
-TASK = "which_function"
-TASK_QUERY = "Python docstring: {sentence}\nFunction name:"
-TASK_FEWSHOT_SHARE = 5              # One module in 5 (by crc32 of its path) gives the few-shot examples.
-STDLIB_SKIP = {"test", "tests", "idle_test", "idlelib", "lib2to3", "turtledemo", "encodings", "pydoc_data",
-               "site-packages", "dist-packages", "__pycache__"}
 
 
 # ---- The experiments, for jaxtrain.launch --------------------------------------------------
@@ -148,89 +140,6 @@ def assistant():
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
-
-
-# ---- Lesson 8's task: which function does a docstring describe? ----------------------------
-
-
-def documented_functions(root=None):
-  """[(path under the stdlib, function name, first sentence of its docstring)] of the public
-  module-level functions of the standard library's .py files (tests, IDLE, lib2to3, encodings
-  left out), where that sentence is 25-110 characters, starts with a capital, does not name
-  the function and no other function has it."""
-  root = root or sysconfig.get_paths()["stdlib"]
-  found = []
-  for directory, subdirectories, files in os.walk(root):
-    subdirectories[:] = sorted(d for d in subdirectories if d not in STDLIB_SKIP)
-    for name in sorted(files):
-      if name.endswith(".py"):
-        path = os.path.join(directory, name)
-        found += [(os.path.relpath(path, root), *pair) for pair in _functions(path)]
-  counts = collections.Counter(sentence for _, _, sentence in found)
-  return [f for f in found if counts[f[2]] == 1]
-
-
-def _functions(path):
-  try:
-    with open(path, encoding="utf-8") as f:
-      tree = ast.parse(f.read())
-  except (SyntaxError, UnicodeDecodeError, ValueError):
-    return []  # A few files are test data in another Python's syntax.
-  found = []
-  for node in tree.body:
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
-      sentence = first_sentence(ast.get_docstring(node) or "")
-      if 25 <= len(sentence) <= 110 and sentence[0].isupper() and node.name.lower() not in sentence.lower():
-        found.append((node.name, sentence))
-  return found
-
-
-def first_sentence(docstring):
-  """The docstring's first sentence, from its first paragraph, on one line; '' if none ends."""
-  paragraph = " ".join(docstring.split("\n\n")[0].split())
-  match = re.match(r"(.+?[.!?])(?:\s|$)", paragraph)
-  return match.group(1) if match else ""
-
-
-def task_documents(functions, count, seed):
-  """Up to `count` documents of lm_tasks' multiple-choice format, in a seeded random order: the
-  query quotes a function's sentence, the choices are its name and three names of functions of
-  other modules of `functions`, the true one at a seeded random place."""
-  rng = random.Random(seed)
-  names = sorted({name for _, name, _ in functions})
-  by_module = collections.defaultdict(set)
-  for module, name, _ in functions:
-    by_module[module].add(name)
-  docs = []
-  for i in rng.sample(range(len(functions)), len(functions))[:count]:
-    module, name, sentence = functions[i]
-    distractors = rng.sample([n for n in names if n != name and n not in by_module[module]], 3)
-    gold = rng.randrange(4)
-    choices = distractors[:gold] + [name] + distractors[gold:]
-    docs.append({"query": TASK_QUERY.format(sentence=sentence), "choices": choices, "gold": gold,
-                 "source": f"{module}:{name}"})
-  return docs
-
-
-def build_task(num_docs=400, num_fewshot_docs=100, seed=0, root=None):
-  """(documents, few-shot documents): the modules split by crc32 of their path, one in
-  TASK_FEWSHOT_SHARE giving the few-shot examples, the rest the documents."""
-  functions = documented_functions(root)
-  fewshot = lambda module: zlib.crc32(module.encode()) % TASK_FEWSHOT_SHARE == 0  # noqa: E731
-  return (task_documents([f for f in functions if not fewshot(f[0])], num_docs, seed),
-          task_documents([f for f in functions if fewshot(f[0])], num_fewshot_docs, seed))
-
-
-def write_task(directory, task=None):
-  """DIR/which_function.json (the spec), .jsonl and _fewshot.jsonl of `task` (default: build_task()'s
-  (documents, few-shot documents)); returns the spec's path."""
-  docs, fewshot = task or build_task()
-  write_jsonl(os.path.join(directory, f"{TASK}.jsonl"), docs)
-  write_jsonl(os.path.join(directory, f"{TASK}_fewshot.jsonl"), fewshot)
-  spec = {"docs": f"{TASK}.jsonl", "fewshot_docs": f"{TASK}_fewshot.jsonl"}
-  path = os.path.join(directory, f"{TASK}.json")
-  write_jsonl(path, [spec])  # One line of JSON: a spec file.
-  return path
 
 
 # ---- What a run cost -----------------------------------------------------------------------
@@ -533,7 +442,7 @@ def lesson_8(run, setup, shots):
     with open(os.path.join(os.path.dirname(task), name), encoding="utf-8") as f:
       sizes.append(sum(1 for _ in f))
   notes = (f"`python -m jaxtrain.lm_eval --model=GGUF --tasks={TASK}.json --num_fewshot=K --limit={setup.limit}` on "
-           "SmolLM2-135M-Instruct. which_function (scripts/lessons_real.py:write_task) is built from the .py files of "
+           "SmolLM2-135M-Instruct. which_function (scripts/make_which_function_task.py) is built from the .py files of "
            f"Python {sys.version.split()[0]}'s standard library, which ship with Python: {sizes[0]} documents and "
            f"{sizes[1]} few-shot documents from other modules, each the first sentence of a public function's "
            "docstring and 4 names to choose from (the function's and 3 of other modules'): chance is 0.25. Few-shot "

@@ -440,13 +440,9 @@ def messages(threads=100, seed=0):
   return out
 
 
-def write(path, threads=100, seed=0):
-  """Writes the mailbox to `path` (replacing it); returns the number of messages."""
-  return write_messages(path, messages(threads, seed))
-
-
-def write_messages(path, found):
-  """Writes the EmailMessages `found` as an mbox at `path` (replacing it); returns their number."""
+def write(path, threads=100, seed=0, found=None):
+  """Writes the mailbox (or the EmailMessages `found`) to `path`, replacing it; returns the number of messages."""
+  found = messages(threads, seed) if found is None else found
   if os.path.exists(path):
     os.remove(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

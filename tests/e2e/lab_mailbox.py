@@ -386,7 +386,7 @@ def messages(threads=60, seed=0):
 
 def write(path, threads=60, seed=0):
   """Writes the mailbox to `path` (replacing it); returns the number of messages."""
-  return _mbox_writer().write_messages(path, messages(threads, seed))
+  return _mbox_writer().write(path, found=messages(threads, seed))
 
 
 def _mbox_writer():

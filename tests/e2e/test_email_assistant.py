@@ -39,7 +39,7 @@ def message(sender, subject, body, message_id, in_reply_to=None, references=None
 
 
 def write_mbox(path, messages):
-  make_mailbox().write_messages(str(path), messages)
+  make_mailbox().write(str(path), found=messages)
   return str(path)
 
 

@@ -18,11 +18,12 @@ from jaxtrain.training import build as build_lib
 
 
 real = load_script("lessons_real")
+task_lib = load_script("make_which_function_task")
 
 
 @pytest.fixture(scope="module")
 def task():
-  return real.build_task()
+  return task_lib.build_task()
 
 
 def test_the_task_is_four_names_for_a_docstring_sentence_of_the_standard_library(task):
@@ -43,8 +44,8 @@ def test_the_few_shot_examples_come_from_other_modules_and_the_build_is_determin
   docs, fewshot = task
   modules = lambda ds: {d["source"].split(":")[0] for d in ds}  # noqa: E731
   assert not modules(docs) & modules(fewshot)
-  assert all(zlib.crc32(m.encode()) % real.TASK_FEWSHOT_SHARE == 0 for m in modules(fewshot))
-  assert real.build_task() == task
+  assert all(zlib.crc32(m.encode()) % task_lib.TASK_FEWSHOT_SHARE == 0 for m in modules(fewshot))
+  assert task_lib.build_task() == task
 
 
 def test_functions_are_public_documented_and_their_sentence_unique(tmp_path):
@@ -60,15 +61,15 @@ def test_functions_are_public_documented_and_their_sentence_unique(tmp_path):
   (tmp_path / "c.py").write_text('def short():\n  """Too short."""\n')
   (tmp_path / "d.py").write_text('def good():\n  """Return a sentence that would be kept here."""\ndef bad(:\n')
   # Kept: disc alone (d.py is not Python; tests/ is skipped; the twins share a sentence).
-  assert real.documented_functions(str(tmp_path)) == [("a.py", "disc",
+  assert task_lib.documented_functions(str(tmp_path)) == [("a.py", "disc",
                                                        "Return the area of a circle of the given radius.")]
-  assert real.first_sentence("Split the path. Then join it.") == "Split the path."
-  assert real.first_sentence("No end here") == ""
+  assert task_lib.first_sentence("Split the path. Then join it.") == "Split the path."
+  assert task_lib.first_sentence("No end here") == ""
 
 
 def test_the_task_file_loads_as_lm_eval_reads_it(task, tmp_path):
   from jaxtrain.evals import lm_tasks  # pylint: disable=import-outside-toplevel
-  loaded = lm_tasks.load(real.write_task(str(tmp_path), task))
+  loaded = lm_tasks.load(task_lib.write_task(str(tmp_path), task))
   assert loaded.name == "which_function" and loaded.kind == lm_tasks.MULTIPLE_CHOICE
   plain = lambda docs: [{k: d[k] for k in ("query", "choices", "gold")} for d in docs]  # noqa: E731  (less 'source')
   assert loaded.docs == plain(task[0]) and loaded.fewshot_docs == plain(task[1])

@@ -43,7 +43,7 @@ def thread():
 
 
 def write_mbox(path, messages):
-  MAKE_MAILBOX.write_messages(str(path), messages)
+  MAKE_MAILBOX.write(str(path), found=messages)
   return str(path)
 
 
