@@ -46,8 +46,9 @@ commands (lesson 5: 848 s, 6: 453 s, 7: 1,070 s, 8: 292 s), nearly all of it sta
 training command, 74-141 s per lm_eval. The full run is budgeted at about an hour on 2
 unloaded cores (~110 tokens/s in LoRA training, ~90 s of start-up a command). Measured at
 full size, 2026-12-07, the cores shared with other jobs for most of it: lesson 5 in 1,796 s
-(its four commands 295-717 s), lesson 6 in 1,030 s, lesson 8 in 439 s; the tables are in
-docs/lessons.md.
+(its four commands 295-717 s), lesson 6 in 1,030 s, lesson 7 in 1,082 s (its LoRA row
+reused from lesson 5), lesson 8 in 439 s; the tables are in docs/lessons.md. Lesson 7's 6
+steps at 3e-4 turned out too mild to show forgetting (FULL_HIGH and STEPS: the next run).
 """
 
 import importlib.util
