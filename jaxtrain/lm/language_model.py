@@ -232,7 +232,8 @@ def with_dtype(abstract, dtype):
 
 
 def _load_run(workdir, step, strategy, dtype):
-  cfg = config_lib.Reader(ml_collections.ConfigDict(layout.read_config(workdir)))
+  raw = layout.read_config(workdir)
+  cfg = config_lib.Reader(ml_collections.ConfigDict(raw))
   model_config = cfg.section("model")
   family = families.for_model(model_config.get("name", kind=str), f"the run in {workdir}")
   module = models.build(model_config)
@@ -255,7 +256,7 @@ def _load_run(workdir, step, strategy, dtype):
     lm = LM(module.base, merged, tokenizer, context, f"{workdir} step {step} (LoRA merged)", strategy=strategy)
     lm.lora = (module.spec, variables["params"])
   lm.family = family
-  data = layout.read_config(workdir).get("input", {}).get("data", {})
+  data = raw.get("input", {}).get("data", {})  # A run trained without the template drafts without it.
   lm.chat_replies = not isinstance(data, dict) or data.get("chat_template", "auto") != "none"
   return lm
 
