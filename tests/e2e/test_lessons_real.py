@@ -122,8 +122,7 @@ def test_lr_find_s_report_is_read_back(tmp_path):
 
 
 def test_get_config_gives_each_method_and_says_what_it_takes(tmp_path):
-  configs = {m: real.get_config(f"{m}:mail.mbox:prose.jsonl:task.json") for m in real.METHODS if m != "full_mix"}
-  configs["full_mix"] = real.get_config("full_mix:mail.mbox:prose.jsonl:task.json")
+  configs = {m: real.get_config(f"{m}:mail.mbox:replay.jsonl:heldout.jsonl:task.json") for m in real.METHODS}
   assert "lora" in configs["lora"] and "lora" not in configs["full"] and "lora" not in configs["full_mix"]
   assert "early_stopping" in configs["lora_early_stopping"]
   assert not any("early_stopping" in c for m, c in configs.items() if m != "lora_early_stopping")
@@ -132,8 +131,15 @@ def test_get_config_gives_each_method_and_says_what_it_takes(tmp_path):
   mixture = configs["full_mix"].input.data.mixture
   assert (mixture.mail.weight, mixture.prose.weight) == (0.75, 0.25) and mixture.mail.format == "mbox_replies"
   assert configs["full_mix"].evals.val.data.source == "mail"
-  for arg in ("", "lora", "adam:mail.mbox", "full_mix:mail.mbox", "lora:mail.mbox:prose.jsonl", "lora::p:t"):
-    with pytest.raises(UserError, match="use METHOD:MBOX or METHOD:MBOX:PROSE:TASK"):
+  # Replay trains on one file, forgetting is measured on another, whole.
+  assert mixture.prose.files == "replay.jsonl" and mixture.prose.validation_fraction == 0
+  prose = configs["full_mix"].evals.prose.data
+  assert (prose.files, prose.split, prose.validation_fraction) == ("heldout.jsonl", "train", 0)
+  assert not set(real.REPLAY_FILES) & set(real.HELDOUT_PROSE_FILES)
+  assert set(real.REPLAY_FILES) | set(real.HELDOUT_PROSE_FILES) == set(real.PROSE_FILES)
+  for arg in ("", "lora", "adam:mail.mbox", "full_mix:mail.mbox", "lora:mail.mbox:prose.jsonl:task.json",
+              "lora::r:h:t"):
+    with pytest.raises(UserError, match="use METHOD:MBOX or METHOD:MBOX:REPLAY:HELDOUT:TASK"):
       real.get_config(arg)
 
 
@@ -141,11 +147,12 @@ def test_the_mixture_config_builds_on_a_tiny_model(tfds_dir, tmp_path):
   """full_mix: the mail and the prose in one mixture, the three evaluators, one checkpoint."""
   hf = hf_dirs.make(str(tmp_path / "hf"), "gqa_tied")
   mbox = real.write_mailbox(str(tmp_path / "mail.mbox"), threads=12)
-  prose = real.write_jsonl(str(tmp_path / "prose.jsonl"), real.prose_documents(real.PROSE_FILES[:1]))
+  replay = real.write_jsonl(str(tmp_path / "replay.jsonl"), real.prose_documents(real.REPLAY_FILES[:1]))
+  heldout = real.write_jsonl(str(tmp_path / "heldout.jsonl"), real.prose_documents(real.HELDOUT_PROSE_FILES))
   task = tmp_path / "task.jsonl"
   task.write_text("".join(json.dumps({"query": f"Q{i}:", "choices": ["a", "b", "c", "d"], "gold": i % 4}) + "\n"
                           for i in range(8)))
-  config = real.get_config(f"full_mix:{mbox}:{prose}:{task}")
+  config = real.get_config(f"full_mix:{mbox}:{replay}:{heldout}:{task}")
   config.init_from.hf_dir = hf
   config.input.data.seq_len = 64
   config.evals.zeroshot.limit = 4
