@@ -78,8 +78,9 @@ class Experiment:
 
   def fresh_state(self):
     """The train state of a fresh start: initialised in place, then `init_from`'s weights."""
-    state = self.strategy.init(self.create, self.abstract_state)
-    return self.init_from.apply(state) if self.init_from else state
+    if not self.init_from:
+      return self.strategy.init(self.create, self.abstract_state)
+    return self.init_from.apply(self.strategy.init(self.init_from.create_fn(self.create), self.abstract_state))
 
   def batches(self):
     """An iterator over this process's training batches (checkpointable: Grain's)."""

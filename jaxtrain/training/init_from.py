@@ -36,6 +36,7 @@ import re
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -70,6 +71,22 @@ class Plan:
     logging.info("init_from %s: loaded %d arrays (%s values); left fresh by init_from.ignore: %s; left fresh, "
                  "not in the checkpoint: %s; unused from the checkpoint: %s.", self.source.what, len(self.reads),
                  f"{self.loaded_values:,}", show(self.ignored), missing, show(self.unused))
+
+  def create_fn(self, create):
+    """`create` (() -> a fresh TrainState) with the arrays this plan reads made zeros: their
+    random initialisation is then dead code that XLA drops. Measured on SmolLM2-135M
+    (2-core CPU, 2026-12-07): create_state compiled in 54 s with it, 0.5 s without."""
+    def keep(path, leaf, collection):
+      return jnp.zeros_like(leaf) if f"{collection}/{paths.name_of(path)}" in self.reads else leaf
+
+    def created():
+      state = create()
+      params = jax.tree_util.tree_map_with_path(lambda p, x: keep(p, x, "params"), state.params)
+      model_state = {name: jax.tree_util.tree_map_with_path(lambda p, x, name=name: keep(p, x, name), tree)
+                     for name, tree in state.model_state.items()}
+      return state.replace(params=params, model_state=model_state)
+
+    return created
 
   def apply(self, state):
     """`state` (a fresh TrainState) with the planned arrays read from the source, each in
