@@ -4,13 +4,15 @@
     rows = sampler.generate([[1, 5, 9], [1, 7]], max_new_tokens=64, temperature=0.8, top_p=0.95)
 
 The prompts are left-padded to one length, so they all end at the same slot of the cache:
-one prefill call writes their keys and values and gives the first token's logits; then a
-compiled loop decodes `chunk` tokens per call, each step feeding one token per row at
-position (slot - its padding). Between chunks the host checks whether every row has ended
-(EOS, or a `stop` test on its tokens, e.g. a stop string), so an early stop wastes at most
-one chunk. Shapes are bucketed (batch and prompt length to powers of two, new tokens to
-multiples of `chunk`): prompts of 5 and 12 tokens run the same compiled code, and every
-token of one call the same decode loop. The model must accept the `cache`, `cache_index`,
+one prefill call writes their keys and values and chooses the first new token; then a
+compiled loop decodes up to `chunk` tokens per call, each step feeding the last token of
+every row at position (slot - its padding) and choosing the next. n new tokens take n - 1
+decode steps: the loop's bound is an argument, so the last call stops at max_new_tokens,
+and it stops as soon as every row has chosen an EOS. Between calls the host checks the
+rows against `stop` (e.g. a stop string), so such a stop wastes at most one chunk. Shapes
+are bucketed (batch and prompt length to powers of two, new tokens to multiples of
+`chunk`): prompts of 5 and 12 tokens run the same compiled code, and every call of one
+generate the same decode loop. The model must accept the `cache`, `cache_index`,
 `key_valid` and `only_last` arguments of `jaxtrain.models.llama.Llama`.
 """
 
@@ -40,6 +42,7 @@ class Sampler:
     self.chunk = chunk
     self.cache_dtype = cache_dtype
     self.traces = 0  # Times a function was traced (compiled): the tests count them.
+    self.decode_steps = 0  # Decode steps (forward calls after the prefill) the last generate ran.
     self._prefills, self._decodes = {}, {}  # Compiled, by shape bucket (and sampling mode).
 
   def prepare(self, variables, lengths, max_new_tokens, *, temperature=0.0, top_k=None, top_p=None):
@@ -49,20 +52,21 @@ class Sampler:
     if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
       raise UserError(f"sampling needs temperature >= 0, 0 < top_p <= 1 and top_k >= 1; got temperature={temperature}, "
                       f"top_p={top_p}, top_k={top_k}")
-    shape = (bucket(len(lengths), 1), bucket(max(lengths)), -(-max_new_tokens // self.chunk) * self.chunk)
+    shape = (bucket(len(lengths), 1), bucket(max(lengths)), max(1, -(-max_new_tokens // self.chunk)) * self.chunk)
     mode = (temperature == 0, top_k is not None, top_p is not None and top_p < 1)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), variables)
-    if shape not in self._prefills:
+    key = shape + (mode, self.eos_ids)  # The prefill chooses the first token: it depends on both too.
+    scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)  # noqa: E731
+    if key not in self._prefills:
       batch, width, steps = shape
       ints, flags = jax.ShapeDtypeStruct((batch,), jnp.int32), jax.ShapeDtypeStruct((batch,), jnp.bool_)
-      scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)  # noqa: E731
-      self._prefills[shape] = jax.jit(self._prefill_fn, static_argnames=("steps",)).lower(
+      self._prefills[key] = jax.jit(self._prefill_fn, static_argnames=("steps", "mode")).lower(
           abstract, jax.ShapeDtypeStruct((batch, width), jnp.int32), ints, flags, scalar(jnp.int32),
-          scalar(jnp.float32), scalar(jnp.int32), scalar(jnp.float32), steps=steps).compile()
-    if shape + (mode, self.eos_ids) not in self._decodes:
-      state = self._prefills[shape].out_info
-      self._decodes[shape + (mode, self.eos_ids)] = jax.jit(self._decode_fn, static_argnames=("mode",), donate_argnums=(1,)).lower(
-          abstract, state, mode=mode).compile()
+          scalar(jnp.float32), scalar(jnp.int32), scalar(jnp.float32), steps=steps, mode=mode).compile()
+    if key not in self._decodes:
+      state = self._prefills[key].out_info
+      self._decodes[key] = jax.jit(self._decode_fn, static_argnames=("mode",), donate_argnums=(1,)).lower(
+          abstract, state, scalar(jnp.int32), mode=mode).compile()
     return shape + (mode,)
 
   def generate(self, prompts, max_new_tokens, *, temperature=0.0, top_k=None, top_p=None, seed=0, stop=None,
@@ -80,17 +84,18 @@ class Sampler:
     for row, ids in enumerate(prompts):
       tokens[row, width - len(ids):] = ids
       pad[row] = width - len(ids)
-    state = self._prefills[(batch, width, steps)](
+    key = (batch, width, steps, mode, self.eos_ids)
+    state = self._prefills[key](
         variables, tokens, pad, np.arange(batch) >= count, np.int32(seed), np.float32(max(temperature, 1e-6)),
         np.int32(top_k or 1), np.float32(top_p or 1.0))
-    decode = self._decodes[(batch, width, steps, mode, self.eos_ids)]
-    out = None
-    for done_steps in range(self.chunk, steps + 1, self.chunk):
-      state = decode(variables, state)
-      out = np.asarray(state["out"])[:count, :min(done_steps, max_new_tokens)]
-      if done_steps >= max_new_tokens or all(self._ended(row, stop) for row in out):
+    chosen = 1  # Tokens chosen so far (at most: the loop also stops when every row has its EOS).
+    while chosen < max_new_tokens:
+      chosen = min(chosen + self.chunk, max_new_tokens)
+      state = self._decodes[key](variables, state, np.int32(chosen))
+      if all(self._ended(row, stop) for row in np.asarray(state["out"])[:count, :chosen]):
         break
-    return [self._cut(row) for row in out]
+    self.decode_steps = int(state["index"]) - width  # What the last generate ran after the prefill.
+    return [self._cut(row) for row in np.asarray(state["out"])[:count, :min(chosen, max_new_tokens)]]
 
   def _ended(self, row, stop):
     return any(i in self.eos_ids for i in row) or (stop is not None and stop(self._cut(row)))
@@ -101,40 +106,45 @@ class Sampler:
 
   # ---- Compiled ------------------------------------------------------------------------
 
-  def _forward(self, variables, tokens, positions, cache, index, pad):
-    slots = jax.tree.leaves(cache)[0].shape[-3]  # [(layers,) B, slots, heads, head_dim].
-    key_valid = jnp.arange(slots)[None, :] >= pad[:, None]
+  def _forward(self, variables, tokens, positions, cache, index, key_valid):
     logits, out = self.module.apply(variables, tokens, train=False, positions=positions, cache=cache,
                                     cache_index=index, key_valid=key_valid, only_last=True)
     return logits[:, -1], out["cache"]
 
-  def _prefill_fn(self, variables, tokens, pad, done, seed, temperature, top_k, top_p, steps):
-    """The prompts' keys and values into a new cache; the state the decode loop carries."""
+  def _prefill_fn(self, variables, tokens, pad, done, seed, temperature, top_k, top_p, steps, mode):
+    """The prompts' keys and values into a new cache and the first new token: the state the
+    decode loop carries (`token`, each row's last, is fed at slot `index`)."""
     self.traces += 1
     batch, width = tokens.shape
     positions = jnp.maximum(jnp.arange(width)[None, :] - pad[:, None], 0)
     cache = self.module.init_cache(batch, width + steps, self.cache_dtype)
-    logits, cache = self._forward(variables, tokens, positions, cache, 0, pad)
-    return dict(cache=cache, logits=logits, pad=pad, index=jnp.int32(width), step=jnp.int32(0), done=done,
-                out=jnp.zeros((batch, steps), jnp.int32), key=jax.random.key(seed), temperature=temperature,
-                top_k=top_k, top_p=top_p)
+    # The cache's valid slots: made once, here, and whatever the model's cache layout.
+    key_valid = jnp.arange(width + steps)[None, :] >= pad[:, None]
+    logits, cache = self._forward(variables, tokens, positions, cache, 0, key_valid)
+    state = dict(cache=cache, pad=pad, key_valid=key_valid, index=jnp.int32(width), step=jnp.int32(0), done=done,
+                 out=jnp.zeros((batch, steps), jnp.int32), key=jax.random.key(seed), temperature=temperature,
+                 top_k=top_k, top_p=top_p)
+    return self._choose_next(state, logits, mode)
 
-  def _decode_fn(self, variables, state, mode):
-    """`chunk` tokens for every row: choose one from the logits, feed it, write it down."""
-    self.traces += 1
+  def _choose_next(self, s, logits, mode):
+    """The token of step s['step'] from `logits` (the pad for ended rows), written down."""
+    token = choose(logits, jax.random.fold_in(s["key"], s["step"]), s["temperature"], s["top_k"], s["top_p"], *mode)
+    token = jnp.where(s["done"], self.pad_id, token)
+    out = jax.lax.dynamic_update_slice(s["out"], token[:, None], (0, s["step"]))
     eos_ids = jnp.asarray(self.eos_ids, jnp.int32)
+    return {**s, "token": token, "out": out, "done": s["done"] | jnp.isin(token, eos_ids), "step": s["step"] + 1}
 
-    def step(_, s):
-      token = choose(s["logits"], jax.random.fold_in(s["key"], s["step"]), s["temperature"], s["top_k"],
-                     s["top_p"], *mode)
-      token = jnp.where(s["done"], self.pad_id, token)
-      logits, cache = self._forward(variables, token[:, None], (s["index"] - s["pad"])[:, None], s["cache"],
-                                    s["index"], s["pad"])
-      out = jax.lax.dynamic_update_slice(s["out"], token[:, None], (0, s["step"]))
-      return {**s, "cache": cache, "logits": logits, "out": out, "done": s["done"] | jnp.isin(token, eos_ids),
-              "index": s["index"] + 1, "step": s["step"] + 1}
+  def _decode_fn(self, variables, state, until, mode):
+    """Tokens for every row until `until` are chosen or every row has ended: feed the last
+    token, choose the next. A while loop, not a fixed-length one: no step past either."""
+    self.traces += 1
 
-    return jax.lax.fori_loop(0, self.chunk, step, state)
+    def step(s):
+      logits, cache = self._forward(variables, s["token"][:, None], (s["index"] - s["pad"])[:, None], s["cache"],
+                                    s["index"], s["key_valid"])
+      return self._choose_next({**s, "cache": cache, "index": s["index"] + 1}, logits, mode)
+
+    return jax.lax.while_loop(lambda s: (s["step"] < until) & ~jnp.all(s["done"]), step, state)
 
 
 def prompt_ids(tokenizer, prompts, context_length, add_bos=None, where="prompt", special_tokens=True):

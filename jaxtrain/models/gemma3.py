@@ -114,6 +114,8 @@ class Gemma3(nn.Module):
   """Gemma 3 decoder: the Llama's call (`tokens`, train, segment_ids, positions, cache,
   cache_index, key_valid, only_last) and outputs (float32 logits, {'pre_logits', 'cache'})."""
 
+  scans_layers = False  # Not a field: init_from.resolve_model drops an experiment's scan_layers=True.
+
   vocab_size: int
   dim: int = 640
   num_layers: int = 18

@@ -47,6 +47,7 @@ from jaxtrain.errors import UserError
 from jaxtrain.lm import gguf
 from jaxtrain.lm import gguf_tokenizer
 from jaxtrain.lm import hf
+from jaxtrain import models
 from jaxtrain import paths
 from jaxtrain.rundir import layout
 from jaxtrain.rundir import storage
@@ -199,6 +200,19 @@ def resolve_model(config, workdir=None):
   else:
     base, tokenizer, where = _source_model(section)
   overrides = {k: v for k, v in (config.get("model") or {}).items() if v is not None}
+  if overrides.get("scan_layers") and not getattr(models.MODELS.get(base.get("name")), "scans_layers", True):
+    # An experiment's default for whatever model it is given (the email assistant's): a
+    # family whose layers differ in kind (gemma3) runs them unrolled instead of failing.
+    del overrides["scan_layers"]
+    logging.info("init_from.model: %s's layers differ in kind; model.scan_layers=True is not applied.", where)
+  source_scans = bool(base.get("scan_layers", False))
+  from_run = saved is not None or section.get("workdir") is not None
+  if from_run and overrides.get("scan_layers", source_scans) != source_scans:
+    # A run's checkpoint keeps its layers as it trained them, stacked or one by one (a run
+    # begun before the email assistant scanned them resumes unrolled).
+    del overrides["scan_layers"]
+    logging.info("init_from.model: %s keeps its layers %s; model.scan_layers follows it.", where,
+                 "stacked" if source_scans else "one by one")
   for new_name, old_name in (("residual_dropout", "dropout"), ("dropout", "residual_dropout")):
     if new_name in overrides:  # Two names of one rate: the override's wins.
       base.pop(old_name, None)

@@ -128,7 +128,7 @@ def test_the_assistant_fine_tunes_a_run_with_its_architecture_and_tokenizer(tfds
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     saved = json.load(f)
   expected = {k: v for k, v in source["model"].items() if k != "dropout"}  # The override's name of that rate wins.
-  assert saved["model"] == {**expected, "dtype": "float32", "residual_dropout": 0.0}
+  assert saved["model"] == {**expected, "dtype": "float32", "residual_dropout": 0.0, "remat": "none"}
   assert saved["input"]["data"]["tokenizer"] == f"{pretrained}/tokenizer.json"
   with open(os.path.join(workdir, "tokenizer.json"), "rb") as a, open(f"{pretrained}/tokenizer.json", "rb") as b:
     assert a.read() == b.read()
@@ -177,7 +177,7 @@ def test_a_hugging_face_source_gives_its_config_and_tokenizer(tfds_dir, tmp_path
   del config["early_stopping"]
   exp = build_lib.build(config)
   _, kwargs, _ = hf_lib.read_config(hf)
-  assert exp.config.model.to_dict() == dict(name="llama", dtype="float32", residual_dropout=0.0,
+  assert exp.config.model.to_dict() == dict(name="llama", dtype="float32", residual_dropout=0.0, scan_layers=True, remat="none",
                                             **{k: v for k, v in kwargs.items() if v is not None})
   assert exp.config.input.data.tokenizer == hf and exp.data.source.tokenizer.path.startswith(hf)
   assert config.input.data.tokenizer is None  # The caller's config is left as it was.

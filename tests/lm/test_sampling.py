@@ -65,6 +65,24 @@ def test_a_row_stops_at_eos_and_the_others_go_on():
   assert len(stopped[0]) == free[0].index(eos) <= 3
 
 
+def test_no_decode_step_runs_past_max_new_tokens_or_past_every_rows_eos():
+  """n new tokens take the prefill and n - 1 decode steps, whatever the chunk; every row at
+  its EOS ends the loop inside a chunk."""
+  model, variables = model_and_variables()
+  sampler = sampling.Sampler(model, variables, pad_id=0, chunk=8)
+  free = sampler.generate(PROMPTS, 20)
+  assert sampler.decode_steps == 19  # Not 24, three whole chunks.
+  first = sampler.generate(PROMPTS, 1)
+  assert sampler.decode_steps == 0 and first == [row[:1] for row in free]
+  one = [PROMPTS[0]]
+  row = sampler.generate(one, 12)[0]
+  eos = row[3]
+  stopper = sampling.Sampler(model, variables, eos_ids=[eos], pad_id=0, chunk=8)
+  cut = row.index(eos)
+  assert stopper.generate(one, 12) == [row[:cut]]
+  assert stopper.decode_steps == cut  # The step that chose the EOS was the last: not the chunk's 8.
+
+
 def test_sampling_is_seeded_and_top_k_1_is_greedy():
   model, variables = model_and_variables()
   sampler = sampling.Sampler(model, variables, pad_id=0, chunk=8)
