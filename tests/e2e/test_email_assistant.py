@@ -177,8 +177,8 @@ def test_a_hugging_face_source_gives_its_config_and_tokenizer(tfds_dir, tmp_path
   del config["early_stopping"]
   exp = build_lib.build(config)
   _, kwargs, _ = hf_lib.read_config(hf)
-  assert exp.config.model.to_dict() == dict(name="llama", dtype="float32", residual_dropout=0.0, scan_layers=True, remat="none",
-                                            **{k: v for k, v in kwargs.items() if v is not None})
+  assert exp.config.model.to_dict() == dict(name="llama", dtype="float32", residual_dropout=0.0, scan_layers=True,
+                                            remat="none", **{k: v for k, v in kwargs.items() if v is not None})
   assert exp.config.input.data.tokenizer == hf and exp.data.source.tokenizer.path.startswith(hf)
   assert config.input.data.tokenizer is None  # The caller's config is left as it was.
 
