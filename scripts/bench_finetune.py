@@ -65,11 +65,11 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 THREADS = 60          # make_mailbox's mailbox: the check's (scripts/check_email_assistant.py).
 NUM_BATCHES = 8       # Distinct batches the contenders cycle through.
 FULL = dict(rounds=3, steps=4, batch_size=4, seq_len=256, launch_steps=3, torch_compile=False)
-QUICK = dict(rounds=2, steps=1, batch_size=2, seq_len=64, launch_steps=1, torch_compile=False)
+QUICK = dict(rounds=2, steps=1, batch_size=2, seq_len=256, launch_steps=1, torch_compile=False)
 
 
 def parse_args(argv=None):
-  parser = parser_for(__doc__, quick="rows of 64 tokens, batch 2, 2 rounds of 1 step: checks every path")
+  parser = parser_for(__doc__, quick="batch 2 x 256 tokens, 2 rounds of 1 step, 1-step launches: checks every path")
   parser.add_argument("--model", required=True, help="the GGUF file (scripts/fetch_model.py prints it)")
   parser.add_argument("--parts", default="step,launch", help="comma-separated: step, launch")
   parser.add_argument("--rounds", type=int)
