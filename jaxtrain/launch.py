@@ -16,6 +16,11 @@ import os
 import re
 import sys
 
+if __name__ == "__main__":  # Before jax's import (2.5 s): this may start the command again (huge_pages.py).
+  from jaxtrain.training import huge_pages
+  huge_pages.restart_with_huge_pages()
+
+# pylint: disable=wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging
@@ -33,6 +38,7 @@ from jaxtrain.rundir import exits
 from jaxtrain.rundir import peers
 from jaxtrain.rundir import storage
 from jaxtrain import train
+# pylint: enable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file: path/to/experiment.py, or path.py:arg.", lock_config=True)

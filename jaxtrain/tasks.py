@@ -108,13 +108,20 @@ class NextToken(Task):
 
   Reads 'segment_ids' and 'positions' too when the batch has them (packed documents),
   and 'bytes' (the text bytes each target stands for) to report bits_per_byte, which
-  compares models whatever their tokenizers: sum of nats / ln 2 / sum of bytes."""
+  compares models whatever their tokenizers: sum of nats / ln 2 / sum of bytes.
+
+  `logits`: 'scored' (default) computes the logits only at tokens of non-zero weight where
+  the model can (step.scored_sums), 'all' at every token."""
 
   count_name = "num_tokens"
 
   def __init__(self, section, loss_config):
     super().__init__(section, "inputs")
     self.targets = section.get("targets", "targets")
+    logits = section.get("logits", "scored")
+    if logits not in ("scored", "all"):
+      raise UserError(f"config key '{section.path('logits')}' must be 'scored' or 'all', got {logits!r}")
+    self.scores_positions = logits == "scored"
     self.optional = {name: section.get(name, name) for name in ("segment_ids", "positions")}
     self.bytes = section.get("bytes", "bytes")
     self.loss_fn = losses.build(loss_config, default="softmax_xent")

@@ -183,7 +183,7 @@ class Worker:
 
   def __init__(self, name, spec, flags=""):
     self.name = name
-    env = dict(os.environ)
+    env = {**os.environ, **spec.get("env", {})}  # spec['env']: variables of this contender's own.
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
     self.log = tempfile.TemporaryFile(mode="w+")
     self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), f"--_worker={json.dumps(spec)}"],

@@ -78,8 +78,8 @@ def parse_args(argv=None):
   parser.add_argument("--seq_len", type=int)
   parser.add_argument("--launch_steps", type=int, help="steps of the launch part's runs")
   parser.add_argument("--jaxtrain_variants", default="",
-                      help="more jaxtrain contenders, comma-separated, each KEY=VALUE[+KEY=VALUE] of config.model, "
-                           "e.g. scan_layers=false")
+                      help="more jaxtrain contenders, comma-separated, each KEY=VALUE[+KEY=VALUE], KEY of "
+                           "config.model or a dotted path: e.g. scan_layers=false,task.logits=all")
   parser.add_argument("--launch_flags", default="",
                       help="comma-separated flags added to the launch part's command, e.g. "
                            "--config.model.scan_layers=False")
@@ -147,12 +147,17 @@ def read_batches(path):
 
 
 def jaxtrain_step(spec):
-  """jaxtrain's train step as `jaxtrain.launch` builds it, with spec['model_keys'] set in the
-  config's model section: (() -> loss, first loss, params)."""
+  """jaxtrain's train step as `jaxtrain.launch` builds it, with spec['config_keys'] (dotted
+  paths) set in the config: (() -> loss, first loss, params)."""
   import jax  # pylint: disable=import-outside-toplevel
   from jaxtrain.training.build import build  # pylint: disable=import-outside-toplevel
   config = assistant_config(spec["model"], spec["mbox"], spec["batch_size"], spec["seq_len"])
-  config.model.update(spec.get("model_keys", {}))
+  for key, value in spec.get("config_keys", {}).items():
+    *sections, name = key.split(".")
+    section = config
+    for part in sections:
+      section = section[part]
+    section[name] = value
   exp = build(config)
   state = exp.fresh_state()
   batches = [exp.strategy.shard(b) for b in read_batches(spec["batches"])]
@@ -241,16 +246,36 @@ def contender(spec):
                "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}, None
 
 
+def _value(text):
+  """A variant's value: true/false, a number, or the text."""
+  try:
+    return json.loads(text.lower() if text.lower() in ("true", "false") else text)
+  except ValueError:
+    return text
+
+
+def huge_pages_env():
+  """The variable `jaxtrain.launch` starts itself with (jaxtrain/training/huge_pages.py), {} where none."""
+  from jaxtrain.training import huge_pages  # pylint: disable=import-outside-toplevel
+  env = huge_pages.environment()
+  return {} if env is None else {"GLIBC_TUNABLES": env["GLIBC_TUNABLES"]}
+
+
 def bench_step(args, mbox, batches, weighted):
-  names = ["jaxtrain", "peft eager"] + (["peft torch.compile"] if args.torch_compile else [])
+  # jaxtrain's contenders run as jaxtrain.launch would: with huge pages for XLA's buffers.
+  # transformers + peft as a researcher runs them, and, where they apply, with huge pages too.
+  pages = huge_pages_env()
+  names = ["jaxtrain", "peft eager"] + (["peft eager, huge pages"] if pages else []) + \
+      (["peft torch.compile"] if args.torch_compile else [])
   spec = dict(model=os.path.abspath(args.model), mbox=mbox, batches=batches, batch_size=args.batch_size,
               seq_len=args.seq_len)
-  specs = {n: (dict(spec, contender=n), "") for n in names}
-  for variant in filter(None, args.jaxtrain_variants.split(",")):  # KEY=VALUE+KEY=VALUE of config.model.
+  specs = {n: (dict(spec, contender=n, env=pages if n == "jaxtrain" or "huge pages" in n else {}), "")
+           for n in names}
+  for variant in filter(None, args.jaxtrain_variants.split(",")):  # KEY=VALUE+KEY=VALUE, KEY in config.model or dotted.
     keys = dict(kv.split("=", 1) for kv in variant.split("+"))
-    specs[f"jaxtrain {variant}"] = (dict(spec, contender=f"jaxtrain {variant}",
-                                         model_keys={k: json.loads(v.lower()) if v.lower() in ("true", "false")
-                                                     else v for k, v in keys.items()}), "")
+    specs[f"jaxtrain {variant}"] = (dict(spec, contender=f"jaxtrain {variant}", env=pages,
+                                         config_keys={k if "." in k else f"model.{k}": _value(v)
+                                                      for k, v in keys.items()}), "")
   print(f"\nLoRA step: batch {args.batch_size} x {args.seq_len} tokens ({weighted:.0%} of them scored: the replies), "
         "float32; building each contender in its own process (all at once)...", flush=True)
   workers, infos, notes = start_workers("bench_finetune", specs)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from jaxtrain.models import MODELS
 from jaxtrain.models.llama import (REMAT_POLICIES, ConfigError, _check_rope_scaling, _dense, _init, apply_rope,
-                                   output_logits, rope_tables)
+                                   output_logits, rope_tables, unembedding)
 
 LAYER_TYPES = ("sliding_attention", "full_attention")
 
@@ -58,9 +58,10 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
     b, t, _ = x.shape
+    tokens = x.reshape(b * t, -1)  # Dense layers on 2-D inputs, as the Llama's (llama.MLP says why).
 
     def project(heads, name):
-      return _dense(heads * self.head_dim, self.dtype, name)(x).reshape(b, t, heads, self.head_dim)
+      return _dense(heads * self.head_dim, self.dtype, name)(tokens).reshape(b, t, heads, self.head_dim)
     q = RMSNorm(self.norm_eps, self.dtype, name="q_norm")(project(self.num_heads, "q_proj"))
     k = RMSNorm(self.norm_eps, self.dtype, name="k_norm")(project(self.num_kv_heads, "k_proj"))
     v = project(self.num_kv_heads, "v_proj")
@@ -72,7 +73,7 @@ class Attention(nn.Module):
       cache = {"k": k, "v": v}
     k, v = k.astype(q.dtype), v.astype(q.dtype)
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=cache is None, scale=self.scale)
-    return _dense(self.dim, self.dtype, "o_proj")(out.reshape(b, t, -1)), cache
+    return _dense(self.dim, self.dtype, "o_proj")(out.reshape(b * t, -1)).reshape(b, t, self.dim), cache
 
 
 class MLP(nn.Module):
@@ -82,9 +83,11 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    gate = _dense(self.mlp_dim, self.dtype, "gate_proj")(x)
-    up = _dense(self.mlp_dim, self.dtype, "up_proj")(x)
-    return _dense(self.dim, self.dtype, "down_proj")(jax.nn.gelu(gate, approximate=True) * up)
+    tokens = x.reshape(-1, x.shape[-1])
+    gate = _dense(self.mlp_dim, self.dtype, "gate_proj")(tokens)
+    up = _dense(self.mlp_dim, self.dtype, "up_proj")(tokens)
+    out = _dense(self.dim, self.dtype, "down_proj")(jax.nn.gelu(gate, approximate=True) * up)
+    return out.reshape(x.shape[:-1] + (self.dim,))
 
 
 class Block(nn.Module):
@@ -112,9 +115,11 @@ class Block(nn.Module):
 @MODELS.register("gemma3")
 class Gemma3(nn.Module):
   """Gemma 3 decoder: the Llama's call (`tokens`, train, segment_ids, positions, cache,
-  cache_index, key_valid, only_last) and outputs (float32 logits, {'pre_logits', 'cache'})."""
+  cache_index, key_valid, only_last, head) and outputs (float32 logits, {'pre_logits', 'cache'}
+  and, with head=False, 'unembed')."""
 
   scans_layers = False  # Not a field: init_from.resolve_model drops an experiment's scan_layers=True.
+  splits_head = True
 
   vocab_size: int
   dim: int = 640
@@ -188,7 +193,7 @@ class Gemma3(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, *, train, segment_ids=None, positions=None, cache=None, cache_index=None,
-               key_valid=None, only_last=False):
+               key_valid=None, only_last=False, head=True):
     del train  # No dropout.
     b, t = tokens.shape
     if positions is None:
@@ -221,11 +226,12 @@ class Gemma3(nn.Module):
     x = RMSNorm(self.norm_eps, self.dtype, name="norm")(x)
     if only_last:
       x = x[:, -1:]
-    logits = output_logits(x, embed, self.vocab_size, self.tie_embeddings, self.dtype)
     out = {"pre_logits": x}
     if cache is not None:
       out["cache"] = caches
-    return logits.astype(jnp.float32), out
+    if not head:
+      return None, {**out, "unembed": unembedding(self, embed, self.tie_embeddings, self.dtype)}
+    return output_logits(x, embed, self.vocab_size, self.tie_embeddings, self.dtype), out
 
   def init_cache(self, batch_size, length, dtype=None):
     """An empty KV cache: a list of {'k', 'v'} [B, length, kv_heads, head_dim], one per layer

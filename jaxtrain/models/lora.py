@@ -124,6 +124,13 @@ class LoRAModel:
   def clone(self, **kwargs):
     return LoRAModel(self.base.clone(**kwargs), self.spec)
 
+  @property
+  def splits_head(self):
+    """The base's (models/__init__.py), unless an adapter is on the lm_head: `unembed` reads
+    the kernel alone."""
+    on_head = any(k.endswith("/lm_head/kernel") for k in self.spec.kernels)
+    return getattr(self.base, "splits_head", False) and not on_head
+
   def init(self, rngs, *args, **kwargs):
     with nn.intercept_methods(self._adapter(train=False)):
       variables = self.base.init(rngs, *args, **kwargs)
@@ -153,8 +160,11 @@ class LoRAModel:
         keep = jax.random.bernoulli(dense.make_rng("dropout"), 1 - spec.dropout, x.shape)
         x = jnp.where(keep, x / (1 - spec.dropout), 0).astype(x.dtype)
       dtype = dense.dtype or x.dtype
-      # PEFT's order: B(A(x)) * scale. B = 0 gives exactly 0, so y comes out unchanged.
-      delta = (x.astype(dtype) @ a.astype(dtype)) @ b.astype(dtype)
+      # PEFT's order: B(A(x)) * scale. B = 0 gives exactly 0, so y comes out unchanged. On
+      # 2-D inputs: B's gradient from [B, T, ...] costs XLA:CPU a transposing copy of the
+      # output's gradient (see llama.MLP).
+      tokens = x.reshape(-1, x.shape[-1]).astype(dtype)
+      delta = ((tokens @ a.astype(dtype)) @ b.astype(dtype)).reshape(y.shape)
       return y + (delta * spec.scale).astype(y.dtype)
 
     return intercept
