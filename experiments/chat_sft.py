@@ -42,7 +42,7 @@ def get_config(arg=None):
                      hf_dir=ml_collections.config_dict.placeholder(str),
                      workdir=ml_collections.config_dict.placeholder(str), model=True)
   c.model = dict(dtype="float32", residual_dropout=0.0)
-  c.task = dict(name="next_token")
+  c.task = dict(name="next_token", logits="scored")  # The head only at the replies' tokens (docs/experiments.md).
   c.parallel = dict(strategy="jit", mesh=dict(data=-1, fsdp=1, tensor=1), rules=(), accumulate_steps=1)
   c.loss = dict(name="softmax_xent", label_smoothing=0.0)
   c.lora = dict(rank=8, alpha=16.0, dropout=0.05, targets=LORA_TARGETS)

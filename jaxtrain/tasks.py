@@ -110,15 +110,17 @@ class NextToken(Task):
   and 'bytes' (the text bytes each target stands for) to report bits_per_byte, which
   compares models whatever their tokenizers: sum of nats / ln 2 / sum of bytes.
 
-  `logits`: 'scored' (default) computes the logits only at tokens of non-zero weight where
-  the model can (step.scored_sums), 'all' at every token."""
+  `logits`: 'all' (default) computes the logits at every token; 'scored' only at tokens
+  of non-zero weight, where the model can (step.scored_sums): for data that scores a part
+  of the tokens (a chat's replies). With every token scored it would only add the head's
+  recomputation in the backward pass."""
 
   count_name = "num_tokens"
 
   def __init__(self, section, loss_config):
     super().__init__(section, "inputs")
     self.targets = section.get("targets", "targets")
-    logits = section.get("logits", "scored")
+    logits = section.get("logits", "all")
     if logits not in ("scored", "all"):
       raise UserError(f"config key '{section.path('logits')}' must be 'scored' or 'all', got {logits!r}")
     self.scores_positions = logits == "scored"

@@ -29,17 +29,18 @@ little after the first document). PyTorch, transformers and peft are optional
 (`pip install -e '.[peft]'`): without them their rows are skipped with a note.
 
 Measured on 2026-12-07 (docs/results.md), 2 cores of an AMD EPYC, idle; jax 0.10.2, torch
-2.13.0, transformers 5.25.0, peft 0.21.2. `--parts=step --rounds=3 --steps=3
---jaxtrain_variants=scan_layers=true` (the assistant then unrolled its layers by default):
+2.13.0, transformers 5.25.0, peft 0.21.2. `--rounds=3 --steps=3`:
 
   contender                   tokens/s  s/step  jaxtrain/this
-  jaxtrain (unrolled)              121    8.43
-  peft eager                       182    5.62          0.667
-  jaxtrain scan_layers=true        136    7.51          (0.749 of peft eager)
+  jaxtrain                         178    5.74
+  peft eager                       184    5.56          0.959
+  peft eager, huge pages           164    6.26          1.088
 
-The first loss 2.9910 in all three. `--parts=launch` (the assistant scanning its layers):
-first step done after 26.4 s, end 57.0 s, peak RSS 4.40 GiB; again with the compilation
-cache warm 22.1 s, 52.0 s, 4.19 GiB; transformers + peft 23.7 s, 36.6 s, 4.76 GiB.
+The first loss 2.9910 in all three; the rounds spread by about 20%. `--parts=launch`: first
+step done after 28.1 s, end 50.5 s, peak RSS 4.23 GiB; again with the compilation cache
+warm 23.1 s, 45.4 s, 4.00 GiB; transformers + peft 22.4 s, 35.2 s, 4.91 GiB. jaxtrain's
+contenders run with the environment `jaxtrain.launch` gives itself (huge pages,
+jaxtrain/training/huge_pages.py); peft as a researcher runs it, and again with them.
 """
 
 import importlib.util

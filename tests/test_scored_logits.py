@@ -147,6 +147,8 @@ def test_an_adapter_on_the_lm_head_keeps_the_logits_of_every_token():
   assert step_lib.splits_head(on_q, next_token())
 
 
-def test_task_logits_takes_scored_or_all():
+def test_task_logits_takes_scored_or_all_and_is_all_by_default():
+  default = tasks.build(Reader(ml_collections.ConfigDict({"task": {"name": "next_token"}, "loss": {}})))
+  assert not step_lib.splits_head(Llama(vocab_size=VOCAB), default)
   with pytest.raises(UserError, match=r"^config key 'task.logits' must be 'scored' or 'all', got 'some'$"):
     next_token("some")

@@ -19,7 +19,7 @@ def get_config(corpus):
                       data_dir=ml_collections.config_dict.placeholder(str))
   c.input.batch_size = 16
   c.input.pp = ""
-  c.task = dict(name="next_token")
+  c.task = dict(name="next_token", logits="all")
   c.model = dict(name="llama", vocab_size=VOCAB_SIZE, dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
                  mlp_dim=64, dropout=0.0, scan_layers=False)
   c.parallel = dict(strategy="jit", mesh=dict(data=-1, fsdp=1, tensor=1), fsdp_min_size=2**16, rules=())

@@ -3,8 +3,9 @@
 A model's `__call__(x, *, train)` returns `(logits, out)`, where `out['pre_logits']` is
 the representation before the classifier head (few-shot evaluators probe it). A language
 model whose class sets `splits_head = True` also takes `head=False`: it returns
-`(None, out)` with `out['unembed']`, the head as a function of `pre_logits`, and the train
-and evaluation steps then compute logits only where a token is scored (step.py).
+`(None, out)` with `out['unembed']`, the head as a function of `pre_logits`; with
+`task.logits='scored'` the train and evaluation steps then compute logits only where a
+token is scored (step.py).
 """
 
 import dataclasses

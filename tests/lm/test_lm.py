@@ -176,6 +176,9 @@ MESHES = {
                                                                .sharding_rules())],
     "pmap": ["--config.parallel.strategy=pmap"],
 }
+# The logits at the scored tokens only (step.scored_sums): rows stay on their devices.
+MESHES["jit_data_fsdp_tensor_scored"] = MESHES["jit_data_fsdp_tensor"] + ["--config.task.logits=scored"]
+MESHES["pmap_scored"] = MESHES["pmap"] + ["--config.task.logits=scored"]
 
 
 @pytest.mark.slow
