@@ -16,9 +16,9 @@ import os
 import re
 import sys
 
-if __name__ == "__main__":  # Before jax's import (2.5 s): this may start the command again (huge_pages.py).
-  from jaxtrain.training import huge_pages
-  huge_pages.restart_with_huge_pages()
+if __name__ == "__main__":  # Before jax's import (2.5 s): this may start the command again (host_memory.py).
+  from jaxtrain.training import host_memory
+  host_memory.restart_with_huge_pages()
 
 # pylint: disable=wrong-import-position
 from absl import app

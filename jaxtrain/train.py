@@ -26,6 +26,7 @@ from jaxtrain.rundir import storage
 from jaxtrain import step as step_lib
 from jaxtrain.training.build import build
 from jaxtrain.training import early_stopping
+from jaxtrain.training import host_memory
 
 
 class NonFiniteLoss(UserError):
@@ -48,6 +49,7 @@ def run(config, workdir):
     storage.check_bucket(workdir)  # Read-only: a missing bucket or credentials, one line before the build.
   layout.saved_config(workdir)  # The config.json of a run to resume, damaged: one line before the build.
   exp = build(config, workdir)
+  host_memory.give_back_freed()  # What compiling left free (host_memory.py).
   config = exp.config  # With init_from.model resolved: config.json names the architecture trained.
   strategy, total_steps, steps_per_epoch = exp.strategy, exp.total_steps, exp.data.steps_per_epoch
 
@@ -87,6 +89,8 @@ def run(config, workdir):
     logging.info("%s: %s parameters, %d steps (%d per epoch), global batch %d; %s, %s; "
                  "train state %.1f MiB per device.", exp.model.name, f"{num_params:,}", total_steps, steps_per_epoch,
                  exp.data.batch_size, strategy.describe(), processes, strategy.bytes_per_device(exp.abstract_state) / 2**20)
+
+    host_memory.give_back_freed()  # And what reading the weights left.
 
     # ---- Loop -------------------------------------------------------------------------
     progress = metrics_lib.Progress(first_step, total_steps, exp.data.batch_size, train_seconds,

@@ -29,18 +29,21 @@ little after the first document). PyTorch, transformers and peft are optional
 (`pip install -e '.[peft]'`): without them their rows are skipped with a note.
 
 Measured on 2026-12-07 (docs/results.md), 2 cores of an AMD EPYC, idle; jax 0.10.2, torch
-2.13.0, transformers 5.25.0, peft 0.21.2. `--rounds=3 --steps=3`:
+2.13.0, transformers 5.25.0, peft 0.21.2. `--rounds=3 --steps=4
+--jaxtrain_variants=lora.base_dtype=bfloat16`:
 
-  contender                   tokens/s  s/step  jaxtrain/this
-  jaxtrain                         178    5.74
-  peft eager                       184    5.56          0.959
-  peft eager, huge pages           164    6.26          1.088
+  contender                           tokens/s  s/step  jaxtrain/this
+  jaxtrain                                 191    5.35
+  peft eager                               169    6.05          1.130
+  peft eager, huge pages                   154    6.64          1.247
+  jaxtrain lora.base_dtype=bfloat16        172    5.96          1.113
 
-The first loss 2.9910 in all three; the rounds spread by about 20%. `--parts=launch`: first
-step done after 28.1 s, end 50.5 s, peak RSS 4.23 GiB; again with the compilation cache
-warm 23.1 s, 45.4 s, 4.00 GiB; transformers + peft 22.4 s, 35.2 s, 4.91 GiB. jaxtrain's
-contenders run with the environment `jaxtrain.launch` gives itself (huge pages,
-jaxtrain/training/huge_pages.py); peft as a researcher runs it, and again with them.
+The first loss 2.9910 (2.9919 with the bfloat16 base); jaxtrain ahead in every round
+(1.06-1.19), though the rounds spread by up to 20% (an earlier run: 0.959). `--parts=launch`:
+first step done after 28.5 s, end 53.1 s, peak RSS 4.18 GiB; again with the compilation
+cache warm 24.9 s, 50.7 s, 4.00 GiB; transformers + peft 26.8 s, 40.7 s, 4.79 GiB.
+jaxtrain's contenders run with the environment `jaxtrain.launch` gives itself (huge pages,
+jaxtrain/training/host_memory.py); peft as a researcher runs it, and again with them.
 """
 
 import importlib.util
@@ -256,9 +259,9 @@ def _value(text):
 
 
 def huge_pages_env():
-  """The variable `jaxtrain.launch` starts itself with (jaxtrain/training/huge_pages.py), {} where none."""
-  from jaxtrain.training import huge_pages  # pylint: disable=import-outside-toplevel
-  env = huge_pages.environment()
+  """The variable `jaxtrain.launch` starts itself with (jaxtrain/training/host_memory.py), {} where none."""
+  from jaxtrain.training import host_memory  # pylint: disable=import-outside-toplevel
+  env = host_memory.environment()
   return {} if env is None else {"GLIBC_TUNABLES": env["GLIBC_TUNABLES"]}
 
 
