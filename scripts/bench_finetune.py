@@ -40,8 +40,8 @@ Measured on 2026-12-07 (docs/results.md), 2 cores of an AMD EPYC, idle; jax 0.10
 
 The first loss 2.9910 (2.9919 with the bfloat16 base); jaxtrain ahead in every round
 (1.06-1.19), though the rounds spread by up to 20% (an earlier run: 0.959). `--parts=launch`:
-first step done after 28.5 s, end 53.1 s, peak RSS 4.18 GiB; again with the compilation
-cache warm 24.9 s, 50.7 s, 4.00 GiB; transformers + peft 26.8 s, 40.7 s, 4.79 GiB.
+first step done after 29.1 s, end 53.6 s, peak RSS 3.96 GiB; again with the compilation
+cache warm 27.4 s, 51.5 s, 3.94 GiB; transformers + peft 23.8 s, 37.5 s, 4.84 GiB.
 jaxtrain's contenders run with the environment `jaxtrain.launch` gives itself (huge pages,
 jaxtrain/training/host_memory.py); peft as a researcher runs it, and again with them.
 """
