@@ -260,8 +260,10 @@ def make_eval_sums(model, task):
   """(variables, batch) -> the task's weighted sums over the batch's real examples
   (padding masked out), their weight, and 'count', the number of real examples."""
 
+  split = splits_head(model, task)
+
   def eval_sums(variables, batch):
-    if splits_head(model, task):
+    if split:
       _, out = apply(model, task, variables, batch, train=False, head=False)
       sums = scored_sums(task, out["pre_logits"], out["unembed"], batch, mask=batch["_mask"])
     else:
